@@ -1,0 +1,44 @@
+"""Execute a notebook headless with nbclient.
+
+    python -m tests.nbrun [--inplace] [--timeout S] NOTEBOOK.ipynb
+
+With --inplace the executed notebook (outputs and figures) replaces the file,
+which is how the committed notebooks are produced (`./run.sh demos`).
+"""
+import argparse
+import os
+import sys
+import time
+
+import nbformat
+from nbclient import NotebookClient
+
+
+def execute(path, inplace=False, timeout=900, out_path=None):
+    """Runs every cell of `path` in a fresh kernel; raises on the first error."""
+    nb = nbformat.read(path, as_version=4)
+    workdir = os.path.dirname(os.path.abspath(path))
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": workdir}})
+    start = time.time()
+    client.execute()
+    elapsed = time.time() - start
+    if inplace:
+        nbformat.write(nb, path)
+    elif out_path:
+        nbformat.write(nb, out_path)
+    return nb, elapsed
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("notebook")
+    parser.add_argument("--inplace", action="store_true")
+    parser.add_argument("--timeout", type=int, default=900)
+    args = parser.parse_args(argv)
+    _, elapsed = execute(args.notebook, inplace=args.inplace, timeout=args.timeout)
+    print(f"{args.notebook}: executed in {elapsed:.0f} s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
