@@ -1,0 +1,384 @@
+"""CoordConv for TensorFlow: coordinate channels and a functional convolution.
+
+Liu et al. 2018, "An intriguing failing of convolutional neural networks and
+the CoordConv solution" (arXiv:1807.03247): a convolution cannot tell *where*
+it is in the image; appending channels that hold each pixel's coordinates
+before the convolution lets it.
+
+This module imports only TensorFlow and NumPy, so it can be copied into any
+graph. It works eagerly, inside `tf.function` with unknown (``None``) batch
+and spatial sizes, in ``tf.compat.v1`` graphs with placeholders, and under
+XLA (``jit_compile=True``).
+
+Coordinate convention
+---------------------
+For an input with spatial sizes ``[..., H, W]`` the appended channels are, in
+this order:
+
+* ``x``: varies along the width axis (the last spatial axis),
+  ``x[j] = -1 + 2 j / (W - 1)``, i.e. ``numpy.linspace(-1, 1, W)``: -1 at the
+  centre of the left-most column, +1 at the centre of the right-most one
+  ("corner to corner", Uber's convention). A size-1 axis gives 0 (not NaN).
+* ``y``: the same along the height axis (second-to-last spatial axis).
+* ``z`` (3-D inputs only): the same along the depth axis.
+* ``r`` (only with ``with_r=True``): ``sqrt(x**2 + y**2 (+ z**2))``, the
+  distance from the image centre; at most ``sqrt(2)`` in 2-D.
+
+With ``align_corners=False`` the coordinates are instead the pixel centres of
+the project's normalised convention (the one used by ``stn`` and ``dsnt``):
+``x[j] = (2 j + 1) / W - 1``, so -1 and +1 are the outer edges of the border
+pixels. The default ``align_corners=True`` is the CoordConv paper's.
+
+Unlike the reference ``AddCoords`` of the paper's code, x is always the
+width coordinate and y the height coordinate (the reference swaps them and so
+only works on square inputs), and no static size is needed.
+
+Example
+-------
+>>> import numpy as np, tensorflow as tf
+>>> import coordconv
+>>> images = tf.zeros([8, 28, 32, 3])                  # [B, H, W, C]
+>>> coordconv.add_coords(images).shape                # x, y appended
+TensorShape([8, 28, 32, 5])
+>>> filters = tf.random.normal([3, 3, 3 + 2, 16])      # C + 2 input channels
+>>> coordconv.coord_conv2d(images, filters).shape
+TensorShape([8, 28, 32, 16])
+"""
+
+import numbers
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = [
+    "add_coords",
+    "coord_channels",
+    "num_coord_channels",
+    "coord_conv",
+    "coord_conv1d",
+    "coord_conv2d",
+    "coord_conv3d",
+]
+
+_FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
+
+# data_format -> (number of spatial dimensions, channels_last)
+_DATA_FORMATS = {
+    "NWC": (1, True), "NCW": (1, False),
+    "NHWC": (2, True), "NCHW": (2, False),
+    "NDHWC": (3, True), "NCDHW": (3, False),
+}
+_CHANNELS_LAST_FOR_RANK = {3: "NWC", 4: "NHWC", 5: "NDHWC"}
+_CHANNELS_FIRST_FOR_RANK = {3: "NCW", 4: "NCHW", 5: "NCDHW"}
+
+
+# --------------------------------------------------------------------------
+# argument checking
+# --------------------------------------------------------------------------
+
+def _check_bool(value, name):
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"`{name}` must be a Python bool (True or False), "
+                    f"got {value!r} of type {type(value).__name__}.")
+
+
+def _to_float_tensor(inputs, name="inputs"):
+    """Converts to a tensor; keeps float dtypes, casts integers/bool to float32."""
+    try:
+        inputs = tf.convert_to_tensor(inputs)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"`{name}` must be a tensor or array-like of numbers, "
+                        f"got {type(inputs).__name__}: {e}") from e
+    dtype = inputs.dtype
+    if dtype in _FLOAT_DTYPES:
+        return inputs
+    if dtype.is_integer or dtype == tf.bool:
+        return tf.cast(inputs, tf.float32)
+    raise TypeError(f"`{name}` must have a real floating-point, integer or bool "
+                    f"dtype, got {dtype.name}.")
+
+
+def _resolve_data_format(data_format, rank, name="data_format"):
+    """Returns (num_spatial, channels_last, canonical data_format) for `rank`."""
+    if rank is None:
+        raise ValueError(
+            "`inputs` must have a statically known rank (3 for [B, W, C], 4 for "
+            "[B, H, W, C], 5 for [B, D, H, W, C]); got a tensor of unknown rank. "
+            "In a TF1 graph give the placeholder a shape such as [None, None, None, 3].")
+    if rank not in _CHANNELS_LAST_FOR_RANK:
+        raise ValueError(
+            f"`inputs` must have rank 3 ([B, W, C]), 4 ([B, H, W, C]) or 5 "
+            f"([B, D, H, W, C]), got rank {rank}.")
+    if data_format is None:
+        data_format = _CHANNELS_LAST_FOR_RANK[rank]
+    if not isinstance(data_format, str):
+        raise TypeError(f"`{name}` must be a string such as 'NHWC' or 'NCHW' "
+                        f"(or None for channels-last), got {data_format!r}.")
+    fmt = data_format.upper()
+    if fmt in ("CHANNELS_LAST", "CHANNELS_FIRST"):
+        table = _CHANNELS_LAST_FOR_RANK if fmt == "CHANNELS_LAST" else _CHANNELS_FIRST_FOR_RANK
+        fmt = table[rank]
+    if fmt not in _DATA_FORMATS:
+        allowed = ", ".join(repr(f) for f in _DATA_FORMATS)
+        raise ValueError(f"`{name}` must be one of {allowed}, 'channels_last', "
+                         f"'channels_first' or None; got {data_format!r}.")
+    num_spatial, channels_last = _DATA_FORMATS[fmt]
+    if num_spatial + 2 != rank:
+        raise ValueError(
+            f"`{name}`={data_format!r} describes rank-{num_spatial + 2} inputs "
+            f"but `inputs` has rank {rank}.")
+    return num_spatial, channels_last, fmt
+
+
+def num_coord_channels(num_spatial_dims=2, with_r=False):
+    """Number of channels `add_coords` appends: one per spatial dim, +1 for r."""
+    if (not isinstance(num_spatial_dims, numbers.Integral) or
+            isinstance(num_spatial_dims, bool) or num_spatial_dims not in (1, 2, 3)):
+        raise ValueError(f"`num_spatial_dims` must be 1, 2 or 3, got {num_spatial_dims!r}.")
+    return int(num_spatial_dims) + int(_check_bool(with_r, "with_r"))
+
+
+# --------------------------------------------------------------------------
+# coordinate channels (the one place they are built)
+# --------------------------------------------------------------------------
+
+def _axis_coords(size, dtype, align_corners):
+    """1-D coordinates of `size` pixels (scalar int32 tensor) in [-1, 1]."""
+    i = tf.cast(tf.range(size), dtype)
+    n = tf.cast(size, dtype)
+    if align_corners:
+        # linspace(-1, 1, n); n == 1 -> 0 (denominator clamped to 1).
+        return (2.0 * i - (n - 1.0)) / tf.maximum(n - 1.0, 1.0)
+    return (2.0 * i + 1.0) / n - 1.0
+
+
+def coord_channels(spatial_shape, with_r=False, align_corners=True,
+                   dtype=tf.float32, batch_size=None):
+    """Builds the coordinate channels alone, channels-last.
+
+    Args:
+      spatial_shape: ``[W]``, ``[H, W]`` or ``[D, H, W]``: a list of ints or
+        scalar tensors, or an int32 vector tensor of length 1, 2 or 3.
+      with_r: also build ``r = sqrt(x^2 + y^2 (+ z^2))``.
+      align_corners: True: ``linspace(-1, 1, n)``; False: pixel centres
+        ``(2 i + 1) / n - 1``. See the module docstring.
+      dtype: a floating dtype of the result. Computed in float32 (float64 for
+        float64) and cast, so half precision gets correctly rounded values.
+      batch_size: None for a result without batch axis, else an int or scalar
+        tensor (the channels are broadcast over the batch).
+
+    Returns:
+      ``[*spatial_shape, k]`` (or ``[batch_size, *spatial_shape, k]``) with
+      ``k = len(spatial_shape) + with_r`` channels ordered x, y, (z), (r):
+      x along the last spatial axis, y along the one before, z the first.
+    """
+    with_r = _check_bool(with_r, "with_r")
+    align_corners = _check_bool(align_corners, "align_corners")
+    dtype = tf.as_dtype(dtype)
+    if dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"`dtype` must be a floating dtype (float16, bfloat16, "
+                        f"float32, float64), got {dtype.name}.")
+    if isinstance(spatial_shape, (tf.Tensor, np.ndarray)):
+        spatial_shape = tf.convert_to_tensor(spatial_shape)
+        if spatial_shape.shape.rank != 1 or spatial_shape.shape[0] is None:
+            raise ValueError("`spatial_shape` must be a vector of static length 1, 2 "
+                             f"or 3, got shape {spatial_shape.shape}.")
+        sizes = [spatial_shape[i] for i in range(spatial_shape.shape[0])]
+    else:
+        sizes = list(spatial_shape)
+    n = len(sizes)
+    if n not in (1, 2, 3):
+        raise ValueError(f"`spatial_shape` must have 1, 2 or 3 entries ([W], [H, W] "
+                         f"or [D, H, W]), got {n}.")
+    for s in sizes:
+        if isinstance(s, numbers.Integral) and (isinstance(s, bool) or s < 0):
+            raise ValueError(f"`spatial_shape` entries must be non-negative ints, "
+                             f"got {spatial_shape!r}.")
+    sizes = [tf.cast(s, tf.int32) for s in sizes]
+
+    compute_dtype = tf.float64 if dtype == tf.float64 else tf.float32
+    full = tf.stack(sizes + [1])  # [*spatial, 1]
+    channels = []
+    # Spatial axis a (0..n-1) carries the coordinate named by n - 1 - a:
+    # the last axis is x, the one before y, the first of three z.
+    for a in reversed(range(n)):
+        c = _axis_coords(sizes[a], compute_dtype, align_corners)
+        shape = [1] * (n + 1)
+        shape[a] = -1
+        channels.append(tf.broadcast_to(tf.reshape(c, shape), full))
+    if with_r:
+        channels.append(tf.sqrt(tf.add_n([tf.square(c) for c in channels])))
+    coords = tf.cast(tf.concat(channels, axis=-1), dtype)
+    if batch_size is not None:
+        coords = tf.broadcast_to(coords[tf.newaxis],
+                                 tf.concat([[tf.cast(batch_size, tf.int32)],
+                                            tf.shape(coords)], axis=0))
+    return coords
+
+
+def add_coords(inputs, with_r=False, *, align_corners=True, data_format=None,
+               name=None):
+    """Appends coordinate channels x, y (z) (r) to `inputs`.
+
+    Args:
+      inputs: ``[B, W, C]`` (1-D), ``[B, H, W, C]`` (2-D) or ``[B, D, H, W, C]``
+        (3-D) channels-last, or channels-first with `data_format`. Any of the
+        dimensions may be unknown (``None``); the rank must be known. Float16,
+        bfloat16, float32 and float64 are kept; integer and bool inputs are
+        cast to float32.
+      with_r: also append ``r = sqrt(x^2 + y^2 (+ z^2))``.
+      align_corners: keyword only. True (default): x = linspace(-1, 1, W),
+        -1/+1 at the centres of the corner pixels; False: pixel centres of the
+        project's convention, (2 j + 1) / W - 1.
+      data_format: keyword only. None (channels-last, by rank), or one of
+        'NWC', 'NHWC', 'NDHWC', 'NCW', 'NCHW', 'NCDHW', 'channels_last',
+        'channels_first'.
+      name: optional name scope.
+
+    Returns:
+      ``inputs`` with ``k`` channels appended on the channel axis, where
+      ``k = num_spatial_dims + with_r``, in the order x (varies along width),
+      y (along height), z (along depth, 3-D only), r. Shape e.g.
+      ``[B, H, W, C + 2 (+ 1)]``; same dtype as the (cast) input.
+
+    Raises:
+      TypeError: `inputs` not numeric, `with_r` / `align_corners` not bool,
+        `data_format` not a string.
+      ValueError: rank unknown or not 3, 4 or 5; bad or mismatched
+        `data_format`.
+
+    Example:
+      >>> x = tf.zeros([2, 3, 5, 1])
+      >>> c = add_coords(x, with_r=True)          # [2, 3, 5, 4]
+      >>> c[0, 0, :, 1].numpy()                   # x along the width
+      array([-1. , -0.5,  0. ,  0.5,  1. ], dtype=float32)
+    """
+    with_r = _check_bool(with_r, "with_r")
+    align_corners = _check_bool(align_corners, "align_corners")
+    with tf.name_scope(name or "add_coords"):
+        inputs = _to_float_tensor(inputs, "inputs")
+        rank = inputs.shape.rank
+        num_spatial, channels_last, _ = _resolve_data_format(data_format, rank)
+        dyn = tf.shape(inputs)
+        if channels_last:
+            spatial = [dyn[1 + i] for i in range(num_spatial)]
+        else:
+            spatial = [dyn[2 + i] for i in range(num_spatial)]
+        coords = coord_channels(spatial, with_r=with_r, align_corners=align_corners,
+                                dtype=inputs.dtype, batch_size=dyn[0])
+        k = num_spatial + int(with_r)
+        static = inputs.shape.as_list()
+        if channels_last:
+            coords.set_shape(static[:-1] + [k])
+            out = tf.concat([inputs, coords], axis=-1)
+        else:
+            perm = [0, num_spatial + 1] + list(range(1, num_spatial + 1))
+            coords = tf.transpose(coords, perm)
+            coords.set_shape([static[0], k] + static[2:])
+            out = tf.concat([inputs, coords], axis=1)
+        return out
+
+
+# --------------------------------------------------------------------------
+# functional CoordConv
+# --------------------------------------------------------------------------
+
+def coord_conv(inputs, filters, strides=1, padding="SAME", with_r=False, *,
+               dilations=None, data_format=None, align_corners=True, name=None):
+    """N-D CoordConv: ``tf.nn.convolution(add_coords(inputs), filters, ...)``.
+
+    Args:
+      inputs: rank 3, 4 or 5 tensor, see `add_coords`.
+      filters: ``[*kernel_spatial, C + k, out_channels]`` where C is the input
+        channel count and ``k = num_spatial_dims + with_r`` the coordinate
+        channels (2 or 3 in 2-D). The last k input slices of the filter act on
+        x, y, (z), (r) in that order.
+      strides, padding, dilations: as for `tf.nn.convolution`. `padding` is
+        'SAME' or 'VALID' (case-insensitive).
+      with_r, align_corners, data_format: see `add_coords`.
+      name: optional name scope.
+
+    Returns:
+      The convolution output, e.g. ``[B, H', W', out_channels]``.
+    """
+    with_r = _check_bool(with_r, "with_r")
+    with tf.name_scope(name or "coord_conv"):
+        inputs = _to_float_tensor(inputs, "inputs")
+        num_spatial, channels_last, fmt = _resolve_data_format(
+            data_format, inputs.shape.rank)
+        if not isinstance(padding, str) or padding.upper() not in ("SAME", "VALID"):
+            raise ValueError(f"`padding` must be 'SAME' or 'VALID', got {padding!r}.")
+        try:
+            filters = tf.convert_to_tensor(filters)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"`filters` must be a tensor: {e}") from e
+        if filters.shape.rank is not None and filters.shape.rank != num_spatial + 2:
+            raise ValueError(
+                f"`filters` must have rank {num_spatial + 2} "
+                f"([*kernel, in_channels, out_channels]) for rank-{num_spatial + 2} "
+                f"inputs, got shape {filters.shape}.")
+        k = num_spatial + int(with_r)
+        c = inputs.shape[-1] if channels_last else inputs.shape[1]
+        if c is not None and filters.shape.rank is not None:
+            expected = c + k
+            got = filters.shape[-2]
+            if got is not None and got != expected:
+                raise ValueError(
+                    f"`filters` must have {expected} input channels (the {c} input "
+                    f"channels plus {k} coordinate channels"
+                    f"{' incl. r' if with_r else ''}), got shape {filters.shape}.")
+        if filters.dtype != inputs.dtype:
+            if filters.dtype.is_floating:
+                filters = tf.cast(filters, inputs.dtype)
+            else:
+                raise TypeError(f"`filters` must be floating point, got {filters.dtype.name}.")
+        augmented = add_coords(inputs, with_r=with_r, align_corners=align_corners,
+                               data_format=fmt)
+        return tf.nn.convolution(augmented, filters, strides=strides,
+                                 padding=padding.upper(), dilations=dilations,
+                                 data_format=fmt)
+
+
+def _coord_conv_nd(num_spatial):
+    def fn(inputs, filters, strides=1, padding="SAME", with_r=False, *,
+           dilations=None, data_format=None, align_corners=True, name=None):
+        inputs = _to_float_tensor(inputs, "inputs")
+        rank = inputs.shape.rank
+        if rank is not None and rank != num_spatial + 2:
+            fmt = {1: "[B, W, C]", 2: "[B, H, W, C]", 3: "[B, D, H, W, C]"}[num_spatial]
+            raise ValueError(f"`inputs` must have rank {num_spatial + 2} ({fmt}) for "
+                             f"coord_conv{num_spatial}d, got shape {inputs.shape}.")
+        return coord_conv(inputs, filters, strides=strides, padding=padding,
+                          with_r=with_r, dilations=dilations, data_format=data_format,
+                          align_corners=align_corners,
+                          name=name or f"coord_conv{num_spatial}d")
+    return fn
+
+
+coord_conv1d = _coord_conv_nd(1)
+coord_conv1d.__name__ = "coord_conv1d"
+coord_conv1d.__doc__ = """1-D CoordConv on ``[B, W, C]``; `filters` ``[kw, C + 1 (+1), out]``.
+
+See `coord_conv`: the appended channels are x (and r = |x| with `with_r`)."""
+
+coord_conv2d = _coord_conv_nd(2)
+coord_conv2d.__name__ = "coord_conv2d"
+coord_conv2d.__doc__ = """2-D CoordConv on ``[B, H, W, C]``; `filters` ``[kh, kw, C + 2 (+1), out]``.
+
+``coord_conv2d(x, f, strides, padding, with_r)`` equals
+``tf.nn.conv2d(add_coords(x, with_r), f, strides, padding)``: input channels
+of `filters` are the C input channels, then x, y, (r). See `coord_conv`.
+
+Example:
+  >>> images = tf.zeros([4, 28, 28, 1])
+  >>> f = tf.random.normal([3, 3, 1 + 3, 8])   # with_r: C + 3
+  >>> coord_conv2d(images, f, strides=2, with_r=True).shape
+  TensorShape([4, 14, 14, 8])
+"""
+
+coord_conv3d = _coord_conv_nd(3)
+coord_conv3d.__name__ = "coord_conv3d"
+coord_conv3d.__doc__ = """3-D CoordConv on ``[B, D, H, W, C]``; `filters` ``[kd, kh, kw, C + 3 (+1), out]``.
+
+Appended channels x (width), y (height), z (depth), (r). See `coord_conv`."""
