@@ -1,0 +1,154 @@
+"""Sonnet 2 CoordConv modules: `coordconv.add_coords` then a Sonnet convolution.
+
+The module holds configuration and the convolution's variables; all
+coordinate maths lives in `coordconv.py`.
+
+Example:
+  >>> import tensorflow as tf
+  >>> from coordconv_snt import CoordConv2D
+  >>> conv = CoordConv2D(output_channels=16, kernel_shape=3, with_r=True)
+  >>> conv(tf.zeros([8, 28, 32, 3])).shape
+  TensorShape([8, 28, 32, 16])
+  >>> conv.w.shape          # 3 input channels + x, y, r
+  TensorShape([3, 3, 6, 16])
+"""
+
+import numbers
+
+import sonnet as snt
+import tensorflow as tf
+
+import coordconv
+
+__all__ = ["CoordConv1D", "CoordConv2D", "CoordConv3D"]
+
+
+class _CoordConvND(snt.Module):
+    _NUM_SPATIAL = None
+    _CONV = None
+    _DATA_FORMATS = ()
+
+    def __init__(self, output_channels, kernel_shape, stride=1, rate=1,
+                 padding="SAME", with_bias=True, w_init=None, b_init=None,
+                 data_format=None, name=None, *, with_r=False, align_corners=True):
+        super().__init__(name=name)
+        n = self._NUM_SPATIAL
+        if data_format is None:
+            data_format = self._DATA_FORMATS[0]
+        if not isinstance(data_format, str) or data_format.upper() not in self._DATA_FORMATS:
+            raise ValueError(f"`data_format` must be one of {self._DATA_FORMATS}, "
+                             f"got {data_format!r}.")
+        data_format = data_format.upper()
+        if (not isinstance(output_channels, numbers.Integral) or
+                isinstance(output_channels, bool) or output_channels < 1):
+            raise ValueError(f"`output_channels` must be a positive int, got {output_channels!r}.")
+        self._check_ints(kernel_shape, "kernel_shape", n)
+        self._check_ints(stride, "stride", n)
+        self._check_ints(rate, "rate", n)
+        if isinstance(padding, str) and padding.upper() not in ("SAME", "VALID"):
+            raise ValueError(f"`padding` must be 'SAME', 'VALID' or a Sonnet padding "
+                             f"callable, got {padding!r}.")
+        self._with_r = coordconv._check_bool(with_r, "with_r")
+        self._align_corners = coordconv._check_bool(align_corners, "align_corners")
+        self._data_format = data_format
+        self.output_channels = int(output_channels)
+        self.conv = self._CONV(
+            output_channels=int(output_channels), kernel_shape=kernel_shape,
+            stride=stride, rate=rate, padding=padding.upper() if isinstance(padding, str) else padding,
+            with_bias=with_bias, w_init=w_init, b_init=b_init,
+            data_format=data_format, name="conv")
+
+    @staticmethod
+    def _check_ints(value, name, n):
+        values = [value] if isinstance(value, numbers.Integral) else value
+        try:
+            values = list(values)
+        except TypeError:
+            values = None
+        if (values is None or len(values) not in (1, n) or
+                any(not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1
+                    for v in values)):
+            raise ValueError(f"`{name}` must be a positive int or a sequence of "
+                             f"{n} positive ints, got {value!r}.")
+
+    @property
+    def with_r(self):
+        return self._with_r
+
+    @property
+    def num_coord_channels(self):
+        """Channels appended before the convolution: spatial dims + with_r."""
+        return self._NUM_SPATIAL + int(self._with_r)
+
+    @property
+    def w(self):
+        """Kernel ``[*kernel_shape, C + num_coord_channels, output_channels]``.
+
+        Exists after the first call. The last `num_coord_channels` input
+        slices act on x, y, (z), (r)."""
+        return self.conv.w
+
+    @property
+    def b(self):
+        return self.conv.b
+
+    def __call__(self, inputs):
+        """Appends coordinate channels to `inputs`, then convolves.
+
+        Args:
+          inputs: ``[B, *spatial, C]`` (or channels-first per `data_format`);
+            batch and spatial sizes may be unknown. Integer inputs are cast to
+            float32; float dtypes are kept.
+        Returns:
+          The Sonnet convolution of ``add_coords(inputs)``.
+        """
+        inputs = coordconv._to_float_tensor(inputs, "inputs")
+        rank = inputs.shape.rank
+        if rank is not None and rank != self._NUM_SPATIAL + 2:
+            raise ValueError(f"`inputs` to {type(self).__name__} must have rank "
+                             f"{self._NUM_SPATIAL + 2} ({self._data_format}), got "
+                             f"shape {inputs.shape}.")
+        augmented = coordconv.add_coords(inputs, with_r=self._with_r,
+                                         align_corners=self._align_corners,
+                                         data_format=self._data_format)
+        return self.conv(augmented)
+
+
+class CoordConv1D(_CoordConvND):
+    """1-D CoordConv: appends x (and r = |x|), then `snt.Conv1D`.
+
+    Arguments are those of `snt.Conv1D` (data_format 'NWC' or 'NCW') plus
+    keyword-only `with_r` and `align_corners` (see `coordconv.add_coords`).
+    """
+    _NUM_SPATIAL = 1
+    _CONV = snt.Conv1D
+    _DATA_FORMATS = ("NWC", "NCW")
+
+
+class CoordConv2D(_CoordConvND):
+    """2-D CoordConv: ``snt.Conv2D(...)(coordconv.add_coords(inputs, with_r))``.
+
+    Args:
+      output_channels, kernel_shape, stride, rate, padding, with_bias, w_init,
+      b_init, data_format ('NHWC' default or 'NCHW'), name: as `snt.Conv2D`.
+      with_r: keyword only; also append r = sqrt(x^2 + y^2).
+      align_corners: keyword only; coordinate convention, see
+        `coordconv.add_coords` (default True: linspace(-1, 1, n)).
+
+    The internal convolution is `self.conv`; its kernel `self.w` has
+    ``C + 2 (+1)`` input channels: the input's, then x, y, (r).
+    """
+    _NUM_SPATIAL = 2
+    _CONV = snt.Conv2D
+    _DATA_FORMATS = ("NHWC", "NCHW")
+
+
+class CoordConv3D(_CoordConvND):
+    """3-D CoordConv: appends x, y, z (and r), then `snt.Conv3D`.
+
+    Arguments are those of `snt.Conv3D` (data_format 'NDHWC' or 'NCDHW') plus
+    keyword-only `with_r` and `align_corners`.
+    """
+    _NUM_SPATIAL = 3
+    _CONV = snt.Conv3D
+    _DATA_FORMATS = ("NDHWC", "NCDHW")
