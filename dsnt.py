@@ -1,0 +1,783 @@
+"""Differentiable Spatial to Numerical Transform (DSNT) for TensorFlow.
+
+Implements the layer and the regularisers of Nibali et al. 2018, "Numerical
+Coordinate Regression with Convolutional Neural Networks"
+(https://arxiv.org/abs/1801.07372), with the semantics of the authors'
+PyTorch package ``dsntnn`` but TensorFlow's channels-last layout.
+
+This module imports only TensorFlow and NumPy, so it can be copied into any
+graph: TF2 eager, ``tf.function`` (unknown batch and spatial sizes), TF1
+graphs via ``tf.compat.v1`` placeholders and a Session, and XLA
+(``jit_compile=True``).
+
+Layouts
+-------
+* heatmaps ``[B, H, W]`` (one point per image) or ``[B, H, W, K]`` (K points,
+  one heatmap channel each; ``K == 1`` is squeezed by :func:`dsnt`).
+* coordinates ``[B, 2]`` (one point) or ``[B, K, 2]``, listed ``(x, y)``.
+
+Coordinate convention
+---------------------
+Normalised coordinates run from -1 to 1 across the image, x along the width
+axis, y along the height axis. -1 and 1 are the *outer edges* of the border
+pixels, so pixel ``i`` of ``n`` has its centre at ``(2 i + 1) / n - 1``
+(``dsntnn.normalized_linspace``; PyTorch ``align_corners=False``). For
+``n = 4`` the centres are ``[-0.75, -0.25, 0.25, 0.75]``.
+
+Gaussian widths (``fwhm``) are in pixels; ``sigma = fwhm / (2 sqrt(2 ln 2))``.
+
+Dtypes
+------
+Outputs keep the input dtype (float16, bfloat16, float32, float64); integer
+and bool inputs are cast to float32. Half-precision inputs are computed in
+float32 internally (sums over many pixels and the 1e-24 epsilon of the
+divergences do not survive float16) and cast back.
+
+Loss reduction
+--------------
+Every loss takes ``reduction="mean"`` (default): the mean over all points of
+the batch, i.e. dsntnn's ``average_loss(losses, mask)`` -- with a mask, the
+masked sum divided by ``max(sum(mask), 1)``. This is a scalar, so the seed's
+``loss = mse + js_reg_loss(norm_heatmaps, targets)`` works unchanged.
+``reduction="sum"`` sums, ``reduction="none"`` returns the per-point losses
+(``[B]`` for one point per image, ``[B, K]`` for K points) multiplied by the
+mask if one is given.
+"""
+import math
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = [
+    "METHODS",
+    "REDUCTIONS",
+    "dsnt",
+    "normalize_heatmaps",
+    "heatmap_coords",
+    "normalized_linspace",
+    "pixel_to_normalized_coordinates",
+    "normalized_to_pixel_coordinates",
+    "fwhm_to_sigma",
+    "sigma_to_fwhm",
+    "make_gauss",
+    "js_reg_loss",
+    "kl_reg_loss",
+    "variance_reg_loss",
+    "euclidean_loss",
+    "mse_loss",
+    "l1_loss",
+    "average_loss",
+]
+
+#: Rectification methods accepted by :func:`dsnt` / :func:`normalize_heatmaps`.
+#: ``"none"`` passes already-normalised heatmaps through untouched.
+METHODS = ("softmax", "relu", "abs", "sigmoid", "none")
+
+#: Reductions accepted by every loss.
+REDUCTIONS = ("mean", "sum", "none")
+
+_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+# dsntnn's epsilon: added to the Gaussian normaliser and inside every log.
+_EPS = 1e-24
+
+
+# ---------------------------------------------------------------------------
+# argument handling
+# ---------------------------------------------------------------------------
+
+def _float_tensor(x, name, dtype=None):
+    """Converts to a floating tensor: ints/bools -> float32 (or `dtype`)."""
+    try:
+        x = tf.convert_to_tensor(x, name=name)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"`{name}` must be convertible to a tensor, got "
+                        f"{type(x).__name__}: {e}") from None
+    if dtype is not None:
+        return tf.cast(x, dtype) if x.dtype != dtype else x
+    if x.dtype.is_floating:
+        return x
+    if x.dtype.is_integer or x.dtype == tf.bool:
+        return tf.cast(x, tf.float32)
+    raise TypeError(f"`{name}` must be a real-valued tensor, got dtype "
+                    f"{x.dtype.name}")
+
+
+def _compute_dtype(dtype):
+    """Half types are computed in float32; others in their own dtype."""
+    return tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
+
+
+def _check_option(value, allowed, name):
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, allowed))}; "
+                         f"got {value!r}")
+    return value
+
+
+def _static_rank(x, name, allowed):
+    rank = x.shape.rank
+    if rank is None or rank not in allowed:
+        got = "unknown rank" if rank is None else f"shape {x.shape} (rank {rank})"
+        want = " or ".join(str(r) for r in allowed)
+        raise ValueError(f"`{name}` must have a statically known rank {want}; got {got}")
+    return rank
+
+
+def _to_bhwk(heatmaps, name="heatmaps"):
+    """Returns ([B, H, W, K] tensor, squeeze) where squeeze means one point."""
+    rank = _static_rank(heatmaps, name, (3, 4))
+    if rank == 3:
+        return heatmaps[..., tf.newaxis], True
+    return heatmaps, heatmaps.shape[-1] == 1
+
+
+def _check_positive(value, name, dtype):
+    """`value` (python number or tensor) > 0, statically when possible."""
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        if not value > 0 or not math.isfinite(value):
+            raise ValueError(f"`{name}` must be a finite positive number of pixels, got {value!r}")
+        return tf.constant(value, dtype)
+    t = _float_tensor(value, name, dtype)
+    if t.shape.rank not in (None, 0):
+        raise ValueError(f"`{name}` must be a scalar, got shape {t.shape}")
+    static = tf.get_static_value(t)
+    if static is not None:
+        return _check_positive(float(static), name, dtype)
+    check = tf.debugging.assert_positive(t, message=f"`{name}` must be positive")
+    with tf.control_dependencies([check]):
+        return tf.identity(t)
+
+
+def _dims_check(tensor, expected, name, what):
+    """Static shape check of `tensor` against `expected` (ints or None)."""
+    got = tensor.shape.as_list()
+    for g, e in zip(got, expected):
+        if g is not None and e is not None and g != e:
+            raise ValueError(f"`{name}` must have shape {what}; got {tensor.shape}")
+
+
+# ---------------------------------------------------------------------------
+# the one coordinate convention
+# ---------------------------------------------------------------------------
+
+def _pixel_to_normalized(pixel, size):
+    """(2 p + 1) / n - 1: the library's single pixel -> normalised formula."""
+    return (2.0 * pixel + 1.0) / size - 1.0
+
+
+def _normalized_to_pixel(coord, size):
+    """Inverse of :func:`_pixel_to_normalized`: ((c + 1) n - 1) / 2."""
+    return 0.5 * ((coord + 1.0) * size - 1.0)
+
+
+def normalized_linspace(length, dtype=tf.float32):
+    """Normalised centres of the ``length`` pixels along one axis.
+
+    Element ``i`` is ``(2 i + 1) / length - 1``: the values run from
+    ``-1 + 1/length`` to ``1 - 1/length``; -1 and 1 are the outer edges of
+    the border pixels (``dsntnn.normalized_linspace``).
+
+    Args:
+      length: python int or scalar int tensor (may be dynamic), > 0.
+      dtype: floating dtype of the result (default float32).
+
+    Returns:
+      ``[length]`` tensor of ``dtype``.
+
+    Example:
+      >>> dsnt.normalized_linspace(4).numpy()
+      array([-0.75, -0.25,  0.25,  0.75], dtype=float32)
+    """
+    dtype = tf.as_dtype(dtype)
+    if not dtype.is_floating:
+        raise TypeError(f"`dtype` must be a floating dtype, got {dtype.name}")
+    if isinstance(length, (int, np.integer)) and not isinstance(length, bool) and length <= 0:
+        raise ValueError(f"`length` must be a positive number of pixels, got {length}")
+    n = tf.cast(length, dtype)
+    return _pixel_to_normalized(tf.range(n, dtype=dtype), n)
+
+
+def _size_xy(size, dtype, name="size"):
+    """`size` ordered (..., H, W) -> tensor ordered (W, H, ...) of dtype."""
+    if isinstance(size, (list, tuple)):
+        if len(size) == 0:
+            raise ValueError(f"`{name}` must list the pixel counts (..., height, width); got {size!r}")
+        for s in size:
+            if isinstance(s, (int, np.integer)) and s <= 0:
+                raise ValueError(f"`{name}` entries must be positive, got {size!r}")
+        size = tf.stack([tf.cast(s, dtype) for s in size])
+    else:
+        size = tf.cast(tf.convert_to_tensor(size, name=name), dtype)
+        if size.shape.rank != 1:
+            raise ValueError(f"`{name}` must be a 1-D list (..., height, width); got shape {size.shape}")
+    return tf.reverse(size, [0])
+
+
+def _conversion_args(coords, size):
+    coords = _float_tensor(coords, "coords")
+    if coords.shape.rank == 0:
+        raise ValueError("`coords` must have a last axis of (x, y, ...) values; got a scalar")
+    cdtype = _compute_dtype(coords.dtype)
+    size_xy = _size_xy(size, cdtype)
+    d, n = coords.shape[-1], size_xy.shape[0]
+    if d is not None and n is not None and d != n:
+        raise ValueError(f"`size` has {n} entries but `coords` has {d} values per point "
+                         f"(last axis of shape {coords.shape})")
+    return coords, tf.cast(coords, cdtype), size_xy
+
+
+def pixel_to_normalized_coordinates(coords, size):
+    """Converts pixel coordinates to normalised [-1, 1] coordinates.
+
+    Pixel ``p`` (0 = centre of the first pixel) of an axis with ``n`` pixels
+    maps to ``(2 p + 1) / n - 1``.
+
+    Args:
+      coords: ``[..., D]`` coordinates ordered ``(x, y, ...)``, in pixels.
+      size: pixel counts ordered ``(..., height, width)`` (python ints or a
+        1-D tensor, may be dynamic, e.g. ``tf.shape(images)[1:3]``).
+
+    Returns:
+      Tensor like ``coords`` (same dtype; ints become float32).
+
+    Example:
+      >>> dsnt.pixel_to_normalized_coordinates([[0.0, 3.0]], size=(4, 8)).numpy()
+      array([[-0.875,  0.75 ]], dtype=float32)
+    """
+    coords, c, size_xy = _conversion_args(coords, size)
+    return tf.cast(_pixel_to_normalized(c, size_xy), coords.dtype)
+
+
+def normalized_to_pixel_coordinates(coords, size):
+    """Converts normalised [-1, 1] coordinates to pixel coordinates.
+
+    The inverse of :func:`pixel_to_normalized_coordinates`:
+    ``p = ((c + 1) n - 1) / 2``.
+
+    Args:
+      coords: ``[..., D]`` coordinates ordered ``(x, y, ...)``, normalised.
+      size: pixel counts ordered ``(..., height, width)``.
+
+    Returns:
+      Tensor like ``coords``, in pixels.
+
+    Example:
+      >>> dsnt.normalized_to_pixel_coordinates([[-0.875, 0.75]], size=(4, 8)).numpy()
+      array([[0., 3.]], dtype=float32)
+    """
+    coords, c, size_xy = _conversion_args(coords, size)
+    return tf.cast(_normalized_to_pixel(c, size_xy), coords.dtype)
+
+
+def fwhm_to_sigma(fwhm):
+    """Gaussian standard deviation from its full width at half maximum.
+
+    ``sigma = fwhm / (2 sqrt(2 ln 2))`` (~ ``fwhm / 2.3548``); both in pixels.
+
+    Example:
+      >>> round(dsnt.fwhm_to_sigma(2.3548200450309493), 6)
+      1.0
+    """
+    return fwhm / _FWHM_PER_SIGMA
+
+
+def sigma_to_fwhm(sigma):
+    """Full width at half maximum from a standard deviation (pixels).
+
+    Inverse of :func:`fwhm_to_sigma`. Useful to port dsntnn code, whose
+    losses take ``sigma_t``: ``js_reg_loss(h, c, fwhm=sigma_to_fwhm(sigma_t))``.
+    """
+    return sigma * _FWHM_PER_SIGMA
+
+
+# ---------------------------------------------------------------------------
+# DSNT
+# ---------------------------------------------------------------------------
+
+def _normalize_bhwk(x, method):
+    """Rectifies and normalises each [H, W] map of `x` [B, H, W, K]."""
+    axes = [1, 2]
+    if method == "none":
+        return x
+    if method == "softmax":
+        # tf.nn.softmax is max-shifted (safe for huge logits) and fused.
+        shape = tf.shape(x)
+        if x.shape[3] == 1:  # common case: softmax along the last axis
+            flat = tf.reshape(x, [shape[0], shape[1] * shape[2]])
+            return tf.reshape(tf.nn.softmax(flat), shape)
+        flat = tf.reshape(x, [shape[0], shape[1] * shape[2], shape[3]])
+        return tf.reshape(tf.nn.softmax(flat, axis=1), shape)
+    if method == "relu":
+        r = tf.nn.relu(x)
+    elif method == "abs":
+        r = tf.abs(x)
+    else:  # sigmoid
+        r = tf.sigmoid(x)
+    # Divide by the (gradient-free, cancelling) maximum first so that the sum
+    # cannot overflow; an all-zero map becomes uniform (coordinates 0, 0).
+    m = tf.stop_gradient(tf.reduce_max(r, axis=axes, keepdims=True))
+    nonzero = m > 0
+    r = r / tf.where(nonzero, m, tf.ones_like(m))
+    s = tf.reduce_sum(r, axis=axes, keepdims=True)
+    shape = tf.shape(x)
+    uniform = 1.0 / tf.cast(shape[1] * shape[2], x.dtype)
+    return tf.where(nonzero, r / tf.where(nonzero, s, tf.ones_like(s)), uniform)
+
+
+def _pixel_grid(height, width, dtype):
+    """[H * W, 2] normalised (x, y) centres of the pixels, row-major."""
+    xs = normalized_linspace(width, dtype)
+    ys = normalized_linspace(height, dtype)
+    gx = tf.broadcast_to(xs[tf.newaxis, :], [height, width])
+    gy = tf.broadcast_to(ys[:, tf.newaxis], [height, width])
+    return tf.reshape(tf.stack([gx, gy], axis=-1), [-1, 2])
+
+
+def _expectation_bhwk(p):
+    """E[(x, y)] of normalised maps `p` [B, H, W, K] -> [B, K, 2].
+
+    One pass over the maps: a batched matmul with the [H W, 2] pixel grid.
+    """
+    shape = tf.shape(p)
+    flat = tf.reshape(p, [shape[0], shape[1] * shape[2], shape[3]])  # [B, HW, K]
+    grid = _pixel_grid(shape[1], shape[2], p.dtype)
+    return tf.einsum("bnk,nd->bkd", flat, grid)
+
+
+def _prepare_heatmaps(inputs, name):
+    x = _float_tensor(inputs, name)
+    x4, squeeze = _to_bhwk(x, name)
+    for axis, label in ((1, "height"), (2, "width")):
+        if x4.shape[axis] == 0:
+            raise ValueError(f"`{name}` must have a non-empty {label}; got shape {x.shape}")
+    return x, x4, squeeze
+
+
+def normalize_heatmaps(inputs, method="softmax"):
+    """Rectifies heatmaps and normalises each to sum to one over (H, W).
+
+    Args:
+      inputs: ``[B, H, W]`` or ``[B, H, W, K]`` raw network outputs.
+      method: ``"softmax"`` (default), ``"relu"``, ``"abs"``, ``"sigmoid"``
+        (each followed by division by the sum), or ``"none"`` (inputs are
+        already normalised; returned as is). An all-zero map after
+        ``relu``/``abs``/``sigmoid`` becomes uniform.
+
+    Returns:
+      Tensor with the shape and dtype of ``inputs`` (ints -> float32).
+
+    Example:
+      >>> h = dsnt.normalize_heatmaps(tf.zeros([2, 4, 4, 3]), method="relu")
+      >>> float(h[0, 0, 0, 0])
+      0.0625
+    """
+    _check_option(method, METHODS, "method")
+    x, x4, _ = _prepare_heatmaps(inputs, "inputs")
+    cdtype = _compute_dtype(x.dtype)
+    p = _normalize_bhwk(tf.cast(x4, cdtype), method)
+    return tf.reshape(tf.cast(p, x.dtype), tf.shape(x))
+
+
+def heatmap_coords(heatmaps):
+    """Expected (x, y) of already-normalised heatmaps (the DSNT itself).
+
+    Args:
+      heatmaps: ``[B, H, W]`` or ``[B, H, W, K]``, each map summing to one.
+
+    Returns:
+      ``[B, 2]`` for ``[B, H, W]`` or ``[B, H, W, 1]`` input, else ``[B, K, 2]``;
+      ``(x, y)`` in normalised coordinates, dtype of ``heatmaps``.
+
+    Example:
+      >>> delta = tf.reshape(tf.one_hot(6, 8), [1, 2, 4])  # row 1, column 2
+      >>> dsnt.heatmap_coords(delta).numpy()
+      array([[0.25, 0.5 ]], dtype=float32)
+    """
+    return dsnt(heatmaps, method="none")[1]
+
+
+def dsnt(inputs, method="softmax"):
+    """Differentiable spatial to numerical transform.
+
+    Rectifies and normalises each heatmap (see :func:`normalize_heatmaps`)
+    and returns its expected coordinate ``sum_ij p_ij (x_j, y_i)``, where
+    ``x_j``/``y_i`` are the normalised pixel centres
+    ``(2 j + 1) / W - 1`` and ``(2 i + 1) / H - 1``.
+
+    Args:
+      inputs: ``[B, H, W]`` or ``[B, H, W, 1]`` for one point per image,
+        ``[B, H, W, K]`` for K points. Batch, height and width may be unknown
+        (``None``); the rank must be known. If the channel axis is unknown it
+        is kept (multi-point layout).
+      method: ``"softmax"`` (default), ``"relu"``, ``"abs"``, ``"sigmoid"`` or
+        ``"none"`` (already normalised).
+
+    Returns:
+      ``(norm_heatmaps, coords)``: ``[B, H, W]`` and ``[B, 2]`` for one point,
+      ``[B, H, W, K]`` and ``[B, K, 2]`` for K points. Coordinates are
+      ``(x, y)`` in [-1, 1]; both outputs keep the input dtype.
+
+    Raises:
+      ValueError: unknown ``method``, rank not 3 or 4, empty height/width.
+      TypeError: non-numeric ``inputs``.
+
+    Example:
+      >>> logits = tf.random.normal([8, 32, 32, 1])
+      >>> norm_heatmaps, coords = dsnt.dsnt(logits)          # [8, 32, 32], [8, 2]
+      >>> _, coords_k = dsnt.dsnt(tf.zeros([8, 32, 32, 5]))  # [8, 5, 2], all 0
+    """
+    _check_option(method, METHODS, "method")
+    x, x4, squeeze = _prepare_heatmaps(inputs, "inputs")
+    cdtype = _compute_dtype(x.dtype)
+    p = _normalize_bhwk(tf.cast(x4, cdtype), method)
+    coords = _expectation_bhwk(p)
+    p, coords = tf.cast(p, x.dtype), tf.cast(coords, x.dtype)
+    if squeeze:
+        return p[..., 0], coords[:, 0, :]
+    return p, coords
+
+
+# ---------------------------------------------------------------------------
+# Gaussians and divergence regularisers
+# ---------------------------------------------------------------------------
+
+def _prepare_centres(centres, batch_like, squeeze, k, cdtype, name="centres"):
+    """Validates centres against heatmaps; returns [B, K, 2] of cdtype."""
+    c = _float_tensor(centres, name)
+    if squeeze:
+        if c.shape.rank == 2:
+            _dims_check(c, [batch_like, 2], name, f"[batch, 2] = [{batch_like}, 2]")
+            c = c[:, tf.newaxis, :]
+        elif c.shape.rank == 3 and k == 1:
+            _dims_check(c, [batch_like, 1, 2], name, f"[batch, 1, 2] = [{batch_like}, 1, 2]")
+        else:
+            raise ValueError(f"`{name}` must have shape [batch, 2] for single-point "
+                             f"heatmaps; got {c.shape}")
+    else:
+        if c.shape.rank != 3:
+            raise ValueError(f"`{name}` must have shape [batch, K, 2] = "
+                             f"[{batch_like}, {k}, 2] for heatmaps with K channels; got {c.shape}")
+        _dims_check(c, [batch_like, k, 2], name, f"[batch, K, 2] = [{batch_like}, {k}, 2]")
+    return tf.cast(c, cdtype)
+
+
+def _assert_batch_points(c, x4, name):
+    """Dynamic check (TF1 graphs / unknown dims) that c's [B, K] match."""
+    if c.shape[0] is not None and x4.shape[0] is not None and \
+            c.shape[1] is not None and x4.shape[3] is not None:
+        return c
+    hs = tf.shape(x4)
+    check = tf.debugging.assert_equal(
+        tf.shape(c)[:2], tf.stack([hs[0], hs[3]]),
+        message=f"`{name}` must have one (x, y) per heatmap: [batch, K, 2]")
+    with tf.control_dependencies([check]):
+        return tf.identity(c)
+
+
+def _gauss_factors(c, height, width, sigma, normalize=True):
+    """Separable Gaussians for centres c [B, K, 2] (normalised units).
+
+    Returns (gy [B, H, 1, K], gx [B, 1, W, K]); their product is dsntnn's
+    ``make_gauss``: normalised by the grid sum + 1e-24 if `normalize`, else
+    peak 1. The grid sum of an outer product is the product of the 1-D sums.
+    """
+    factors = []
+    for n, coord in ((width, c[:, tf.newaxis, :, 0]), (height, c[:, tf.newaxis, :, 1])):
+        nf = tf.cast(n, c.dtype)
+        grid = normalized_linspace(n, c.dtype)[:, tf.newaxis]  # [n, 1]
+        # sigma pixels = 2 sigma / n normalised units: -(d^2) n^2 / (8 sigma^2)
+        factors.append(tf.exp(-tf.square(grid - coord) * (nf * nf / (8.0 * sigma * sigma))))
+    gx, gy = factors  # [B, W, K], [B, H, K]
+    if normalize:
+        total = tf.reduce_sum(gx, axis=1, keepdims=True) * tf.reduce_sum(gy, axis=1, keepdims=True)
+        gx = gx / (total + _EPS)
+    return gy[:, :, tf.newaxis, :], gx[:, tf.newaxis, :, :]
+
+
+def make_gauss(centres, size, fwhm=1.0, normalize=True):
+    """Draws Gaussian heatmaps centred on ``centres`` (vectorised, no loops).
+
+    Equals dsntnn's ``make_gauss(centres, size, sigma)`` with
+    ``sigma = fwhm / (2 sqrt(2 ln 2))`` pixels, in channels-last layout.
+    Differentiable with respect to ``centres``.
+
+    Args:
+      centres: ``[B, 2]`` or ``[B, K, 2]`` ``(x, y)`` in normalised units.
+      size: ``(height, width)`` in pixels (ints or a dynamic 1-D tensor).
+      fwhm: full width at half maximum in pixels (> 0), python number or
+        scalar tensor.
+      normalize: if True (default) each map sums to one (divided by its sum
+        + 1e-24, as dsntnn); if False the peak value is one.
+
+    Returns:
+      ``[B, H, W]`` for ``[B, 2]`` centres, ``[B, H, W, K]`` for
+      ``[B, K, 2]``; dtype of ``centres`` (ints -> float32).
+
+    Example:
+      >>> g = dsnt.make_gauss([[0.0, 0.0]], size=(5, 5), fwhm=2.0)   # [1, 5, 5]
+      >>> int(tf.argmax(tf.reshape(g, [-1])))  # peak on the centre pixel
+      12
+    """
+    c = _float_tensor(centres, "centres")
+    rank = _static_rank(c, "centres", (2, 3))
+    if c.shape[-1] is not None and c.shape[-1] != 2:
+        raise ValueError(f"`centres` must end in an (x, y) axis of size 2; got shape {c.shape}")
+    if isinstance(size, (list, tuple)):
+        if len(size) != 2:
+            raise ValueError(f"`size` must be (height, width); got {size!r}")
+        for s in size:
+            if isinstance(s, (int, np.integer)) and s <= 0:
+                raise ValueError(f"`size` entries must be positive, got {size!r}")
+        height, width = size
+    else:
+        size_t = tf.convert_to_tensor(size, name="size")
+        if size_t.shape.rank != 1 or size_t.shape[0] not in (None, 2):
+            raise ValueError(f"`size` must be (height, width); got shape {size_t.shape}")
+        height, width = size_t[0], size_t[1]
+    cdtype = _compute_dtype(c.dtype)
+    sigma = fwhm_to_sigma(_check_positive(fwhm, "fwhm", cdtype))
+    c3 = tf.cast(c if rank == 3 else c[:, tf.newaxis, :], cdtype)
+    gy, gx = _gauss_factors(c3, height, width, sigma, normalize)
+    g = tf.cast(gy * gx, c.dtype)
+    return g if rank == 3 else g[..., 0]
+
+
+def average_loss(losses, mask=None):
+    """Mean of per-point losses, optionally over the points where mask != 0.
+
+    dsntnn's ``average_loss``: ``sum(losses * mask) / max(sum(mask), 1)``
+    (``losses.size`` without a mask, at least 1, so an empty batch gives 0).
+    Points whose mask is 0 contribute exactly 0 even if their loss is NaN.
+
+    Args:
+      losses: ``[B]`` or ``[B, K]`` per-point losses.
+      mask: optional, same shape, bool or numeric (fractional weights allowed).
+
+    Returns:
+      Scalar of the dtype of ``losses``.
+
+    Example:
+      >>> dsnt.average_loss([[1.0, 3.0]], mask=[[True, False]]).numpy()
+      1.0
+    """
+    losses = _float_tensor(losses, "losses")
+    return _reduce(losses, mask, "mean")
+
+
+def _apply_mask(losses, mask):
+    m = _float_tensor(mask, "mask", None)
+    if m.shape.rank is not None and losses.shape.rank is not None:
+        if m.shape.rank != losses.shape.rank or not m.shape.is_compatible_with(losses.shape):
+            raise ValueError(f"`mask` must have the shape of the per-point losses "
+                             f"{losses.shape} ([batch] or [batch, K]); got {m.shape}")
+    m = tf.cast(m, losses.dtype)
+    masked = tf.where(tf.not_equal(m, 0), losses, tf.zeros_like(losses)) * m
+    return masked, m
+
+
+def _reduce(losses, mask, reduction):
+    """Applies `mask` and `reduction` to per-point losses (compute dtype)."""
+    if mask is not None:
+        losses, m = _apply_mask(losses, mask)
+        denom = tf.reduce_sum(m)
+    else:
+        denom = tf.cast(tf.size(losses), losses.dtype)
+    if reduction == "none":
+        return losses
+    total = tf.reduce_sum(losses)
+    if reduction == "sum":
+        return total
+    return total / tf.maximum(denom, tf.ones_like(denom))
+
+
+def _divergence_args(heatmaps, centres, fwhm, mask, reduction):
+    _check_option(reduction, REDUCTIONS, "reduction")
+    x, x4, squeeze = _prepare_heatmaps(heatmaps, "heatmaps")
+    cdtype = _compute_dtype(x.dtype)
+    c = _prepare_centres(centres, x4.shape[0], squeeze, x4.shape[3], cdtype)
+    c = _assert_batch_points(c, x4, "centres")
+    sigma = fwhm_to_sigma(_check_positive(fwhm, "fwhm", cdtype))
+    p = tf.cast(x4, cdtype)
+    shape = tf.shape(x4)
+    gy, gx = _gauss_factors(c, shape[1], shape[2], sigma)
+    return x, p, gy * gx, squeeze
+
+
+def _finish(per_point, x, squeeze, mask, reduction):
+    """[B, K] per-point losses -> reduced output of dtype x.dtype."""
+    if squeeze:
+        per_point = per_point[:, 0]
+    return tf.cast(_reduce(per_point, mask, reduction), x.dtype)
+
+
+@tf.custom_gradient
+def _js_sum(p, q):
+    """Per-map JS divergence sum_HW of [B, H, W, K] maps -> [B, K].
+
+    0.5 KL(p||m) + 0.5 KL(q||m) with m = (p + q) / 2 equals
+    sum 0.5 p log p + 0.5 q log q - m log m; the logs carry dsntnn's 1e-24.
+    The hand-written gradient 0.5 (log p - log m) (the "+1" terms of the
+    three x log x derivatives cancel) saves most of the backward pass.
+    """
+    m = 0.5 * (p + q)
+    lp = tf.math.log(p + _EPS)
+    lq = tf.math.log(q + _EPS)
+    lm = tf.math.log(m + _EPS)
+    value = tf.reduce_sum(0.5 * (p * lp + q * lq) - m * lm, axis=[1, 2])
+
+    def grad(upstream):
+        u = 0.5 * upstream[:, tf.newaxis, tf.newaxis, :]
+        return u * (lp - lm), u * (lq - lm)
+
+    return value, grad
+
+
+def js_reg_loss(heatmaps, centres, fwhm=1.0, mask=None, reduction="mean"):
+    """Jensen-Shannon divergence between heatmaps and target Gaussians.
+
+    The DSNT regulariser: ``JS(p || N(centre, sigma^2))`` per point, exactly
+    dsntnn's ``js_reg_losses(heatmaps, centres, sigma)`` (natural log,
+    epsilon 1e-24 inside the logs) with ``sigma = fwhm / (2 sqrt(2 ln 2))``
+    pixels, followed by the reduction (``average_loss`` by default).
+
+    Args:
+      heatmaps: normalised heatmaps, ``[B, H, W]`` (or ``[B, H, W, 1]``) with
+        ``centres`` ``[B, 2]``, or ``[B, H, W, K]`` with ``centres``
+        ``[B, K, 2]`` -- e.g. the first output of :func:`dsnt`.
+      centres: target ``(x, y)`` in normalised units.
+      fwhm: Gaussian full width at half maximum in pixels (> 0).
+      mask: optional ``[B]`` / ``[B, K]``; points with mask 0 are ignored.
+      reduction: ``"mean"`` (default, scalar), ``"sum"`` or ``"none"``
+        (per point, ``[B]`` or ``[B, K]``).
+
+    Returns:
+      Loss in the dtype of ``heatmaps``.
+
+    Example:
+      >>> norm_heatmaps, coords = dsnt.dsnt(logits)        # [B, H, W], [B, 2]
+      >>> loss = (dsnt.mse_loss(coords, targets)
+      ...         + dsnt.js_reg_loss(norm_heatmaps, targets, fwhm=3))
+    """
+    x, p, q, squeeze = _divergence_args(heatmaps, centres, fwhm, mask, reduction)
+    return _finish(_js_sum(p, q), x, squeeze, mask, reduction)
+
+
+def kl_reg_loss(heatmaps, centres, fwhm=1.0, mask=None, reduction="mean"):
+    """Kullback-Leibler divergence ``KL(heatmap || target Gaussian)``.
+
+    dsntnn's ``kl_reg_losses``: ``sum p (log(p + 1e-24) - log(q + 1e-24))``.
+    Arguments, shapes and reduction as :func:`js_reg_loss`.
+
+    Example:
+      >>> loss = dsnt.kl_reg_loss(norm_heatmaps, targets, fwhm=2.0)
+    """
+    x, p, q, squeeze = _divergence_args(heatmaps, centres, fwhm, mask, reduction)
+    terms = p * (tf.math.log(p + _EPS) - tf.math.log(q + _EPS))
+    return _finish(tf.reduce_sum(terms, axis=[1, 2]), x, squeeze, mask, reduction)
+
+
+def variance_reg_loss(heatmaps, fwhm=1.0, mask=None, reduction="mean"):
+    """Squared error between the heatmap variance and a target variance.
+
+    dsntnn's ``variance_reg_losses``: for each point,
+    ``sum over axes (Var_axis[p] * (n_axis / 2)^2 - sigma^2)^2`` where the
+    variance is measured in pixels^2 and ``sigma = fwhm / (2 sqrt(2 ln 2))``.
+
+    Args:
+      heatmaps: normalised ``[B, H, W]`` or ``[B, H, W, K]``.
+      fwhm: target full width at half maximum in pixels (> 0).
+      mask, reduction: as :func:`js_reg_loss`.
+
+    Returns:
+      Loss in the dtype of ``heatmaps``.
+
+    Example:
+      >>> loss = dsnt.variance_reg_loss(norm_heatmaps, fwhm=2.0)
+    """
+    _check_option(reduction, REDUCTIONS, "reduction")
+    x, x4, squeeze = _prepare_heatmaps(heatmaps, "heatmaps")
+    cdtype = _compute_dtype(x.dtype)
+    sigma = fwhm_to_sigma(_check_positive(fwhm, "fwhm", cdtype))
+    p = tf.cast(x4, cdtype)
+    shape = tf.shape(p)
+    total = 0.0
+    for axis, n in ((1, shape[2]), (2, shape[1])):  # x: sum over H; y: over W
+        marg = tf.reduce_sum(p, axis=axis)                       # [B, n, K]
+        vals = normalized_linspace(n, cdtype)[:, tf.newaxis]    # [n, 1]
+        mu = tf.reduce_sum(marg * vals, axis=1, keepdims=True)  # [B, 1, K]
+        var = tf.reduce_sum(marg * tf.square(vals - mu), axis=1)  # [B, K]
+        half = tf.cast(n, cdtype) / 2.0
+        total = total + tf.square(var * half * half - sigma * sigma)
+    return _finish(total, x, squeeze, mask, reduction)
+
+
+# ---------------------------------------------------------------------------
+# coordinate losses
+# ---------------------------------------------------------------------------
+
+def _coord_args(coords, targets, reduction):
+    _check_option(reduction, REDUCTIONS, "reduction")
+    c = _float_tensor(coords, "coords")
+    t = _float_tensor(targets, "targets")
+    if c.shape.rank is not None and c.shape.rank < 1:
+        raise ValueError(f"`coords` must be [..., D], e.g. [B, 2] or [B, K, 2]; got {c.shape}")
+    if not c.shape.is_compatible_with(t.shape):
+        raise ValueError(f"`targets` must have the shape of `coords` {c.shape}; got {t.shape}")
+    cdtype = _compute_dtype(c.dtype)
+    return c, tf.cast(c, cdtype) - tf.cast(t, cdtype)
+
+
+def euclidean_loss(coords, targets, mask=None, reduction="mean"):
+    """Euclidean distance between predicted and target points.
+
+    Per point ``||coords - targets||_2`` over the last axis (dsntnn's
+    ``euclidean_losses``), then reduced. The gradient at zero distance is 0
+    (not NaN).
+
+    Args:
+      coords: ``[B, 2]`` or ``[B, K, 2]`` (any ``[..., D]``).
+      targets: same shape as ``coords``.
+      mask: optional ``coords.shape[:-1]``; points with mask 0 are ignored.
+      reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``
+        (``coords.shape[:-1]``).
+
+    Returns:
+      Loss in the dtype of ``coords``.
+
+    Example:
+      >>> dsnt.euclidean_loss([[0.0, 0.0]], [[0.3, 0.4]]).numpy()
+      0.5
+    """
+    c, d = _coord_args(coords, targets, reduction)
+    sq = tf.reduce_sum(tf.square(d), axis=-1)
+    pos = sq > 0
+    dist = tf.where(pos, tf.sqrt(tf.where(pos, sq, tf.ones_like(sq))), tf.zeros_like(sq))
+    return tf.cast(_reduce(dist, mask, reduction), c.dtype)
+
+
+def mse_loss(coords, targets, mask=None, reduction="mean"):
+    """Mean squared error per point (mean over the x, y axis), then reduced.
+
+    dsntnn's ``mse_losses``. With the default ``reduction="mean"`` and no mask
+    it equals ``tf.compat.v1.losses.mean_squared_error(targets, coords)``.
+    Arguments as :func:`euclidean_loss`.
+
+    Example:
+      >>> dsnt.mse_loss([[0.0, 0.0]], [[0.3, 0.4]]).numpy()
+      0.125
+    """
+    c, d = _coord_args(coords, targets, reduction)
+    return tf.cast(_reduce(tf.reduce_mean(tf.square(d), axis=-1), mask, reduction), c.dtype)
+
+
+def l1_loss(coords, targets, mask=None, reduction="mean"):
+    """Mean absolute error per point (mean over the x, y axis), then reduced.
+
+    dsntnn's ``l1_losses``. Arguments as :func:`euclidean_loss`.
+
+    Example:
+      >>> dsnt.l1_loss([[0.0, 0.0]], [[0.3, 0.4]]).numpy()
+      0.35
+    """
+    c, d = _coord_args(coords, targets, reduction)
+    return tf.cast(_reduce(tf.reduce_mean(tf.abs(d), axis=-1), mask, reduction), c.dtype)
