@@ -1,0 +1,198 @@
+"""Distorted-digit data sets: built from scikit-learn's bundled 8x8 digits
+(no download) or from a local MNIST file; never downloads anything.
+
+Each source digit is placed in a square canvas and warped by a random
+rotation, scale and translation (optionally with clutter fragments), in one
+bilinear resampling step (`scipy.ndimage.affine_transform`). The warp is
+written in the project's normalised convention (x along width, y along
+height, -1..1 edge to edge, align_corners=False): `theta` maps output
+normalised coordinates to input ones, as in `stn.spatial_transformer_network`.
+"""
+import gzip
+import os
+import struct
+
+import numpy as np
+from scipy import ndimage
+
+NUM_CLASSES = 10
+
+
+# ---------------------------------------------------------------- sources
+
+def load_sklearn_digits():
+    """The 1797 8x8 digits bundled with scikit-learn: images in [0, 1], labels."""
+    from sklearn.datasets import load_digits  # ships inside the package
+    d = load_digits()
+    return (d.images / 16.0).astype(np.float32), d.target.astype(np.int64)
+
+
+def _read_idx(path):
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _find(directory, stem):
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"),
+                 stem.replace("-idx", ".idx") + ".gz"):
+        p = os.path.join(directory, name)
+        if os.path.exists(p):
+            return p
+    raise FileNotFoundError(f"no {stem}[.gz] in {directory}")
+
+
+def load_mnist(path=None):
+    """Real MNIST from a local file; never downloads.
+
+    Args:
+      path: an ``mnist.npz`` as Keras caches it (keys x_train, y_train,
+        x_test, y_test), or a directory holding the four IDX files
+        (``train-images-idx3-ubyte[.gz]`` ...). None: ``~/.keras/datasets/mnist.npz``.
+    Returns:
+      ((x_train, y_train), (x_test, y_test)), images float32 in [0, 1], [N, 28, 28].
+    """
+    if path is None:
+        path = os.path.join(os.path.expanduser("~"), ".keras", "datasets", "mnist.npz")
+    path = os.path.expanduser(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"MNIST not found at {path!r}. Pass mnist_path=/path/to/mnist.npz (as Keras "
+            "caches it) or a directory with the IDX files; this code never downloads. "
+            "Without MNIST use the default dataset=digits.")
+    if os.path.isdir(path):
+        xtr = _read_idx(_find(path, "train-images-idx3-ubyte"))
+        ytr = _read_idx(_find(path, "train-labels-idx1-ubyte"))
+        xte = _read_idx(_find(path, "t10k-images-idx3-ubyte"))
+        yte = _read_idx(_find(path, "t10k-labels-idx1-ubyte"))
+    else:
+        with np.load(path) as f:
+            xtr, ytr, xte, yte = f["x_train"], f["y_train"], f["x_test"], f["y_test"]
+    cvt = lambda x: (np.asarray(x, np.float32) / 255.0)
+    return (cvt(xtr), ytr.astype(np.int64)), (cvt(xte), yte.astype(np.int64))
+
+
+# ---------------------------------------------------------------- warping
+
+def random_thetas(rng, n, rotation=45.0, scale=(0.7, 1.2), translation=0.2):
+    """Random distortions as output->input affine maps, [n, 2, 3].
+
+    The digit appears rotated by U(-rotation, rotation) degrees, scaled by
+    U(scale), shifted by U(-translation, translation) normalised units (1 =
+    half the canvas) along x and y: forward u -> s R u + d, theta its inverse.
+    """
+    a = np.deg2rad(rng.uniform(-rotation, rotation, n))
+    s = rng.uniform(scale[0], scale[1], n)
+    d = rng.uniform(-translation, translation, (n, 2))
+    c, si = np.cos(a), np.sin(a)
+    # inverse: (1/s) R(-a) (u - d)
+    A = np.stack([np.stack([c, si], -1), np.stack([-si, c], -1)], -2) / s[:, None, None]
+    t = -np.einsum("nij,nj->ni", A, d)
+    return np.concatenate([A, t[:, :, None]], -1)
+
+
+def warp(source, theta, canvas, box):
+    """Resamples one source image into a `canvas` x `canvas` image.
+
+    The source (any square-ish [h, w]) fills a centred `box`-pixel square of
+    the canvas when theta is the identity; theta (2x3, output -> input
+    normalised canvas coords, x first) distorts it. Bilinear, zeros outside.
+    """
+    h, w = source.shape
+    f = box / canvas                      # canonical canvas coords -> source coords: / f
+    A, t = theta[:, :2], theta[:, 2]
+    # pixel (x, y): p_src = (n_src / (2 f)) (A (p_out - c_out) 2 / canvas + t) + c_src
+    c_out = (canvas - 1) / 2.0
+    sx, sy = w / (2 * f), h / (2 * f)
+    M_xy = np.diag([sx, sy]) @ A * (2.0 / canvas)
+    off_xy = np.array([sx * t[0] + (w - 1) / 2.0, sy * t[1] + (h - 1) / 2.0]) - M_xy @ [c_out, c_out]
+    # scipy indexes (row = y, col = x)
+    P = np.array([[0, 1], [1, 0]])
+    out = ndimage.affine_transform(source, P @ M_xy @ P, offset=P @ off_xy,
+                                   output_shape=(canvas, canvas), order=1,
+                                   mode="grid-constant", cval=0.0)
+    return np.clip(out, 0.0, 1.0)
+
+
+def add_clutter(rng, images, sources_pool, count, size):
+    """Pastes `count` random `size`x`size` fragments of other images (max-blend)."""
+    if count <= 0:
+        return images
+    n, s, _ = images.shape
+    out = images.copy()
+    for i in range(n):
+        for _ in range(count):
+            j = rng.integers(len(sources_pool))
+            y0, x0 = rng.integers(0, s - size + 1, 2)
+            y1, x1 = rng.integers(0, s - size + 1, 2)
+            frag = sources_pool[j, y0:y0 + size, x0:x0 + size]
+            out[i, y1:y1 + size, x1:x1 + size] = np.maximum(
+                out[i, y1:y1 + size, x1:x1 + size], frag)
+    return out
+
+
+def distort_set(rng, sources, labels, copies, canvas, box, rotation, scale,
+                translation, clutter=0, clutter_size=6):
+    """`copies` randomly distorted versions of every source image.
+
+    Returns images [N * copies, canvas, canvas, 1] float32, labels, thetas.
+    """
+    n = len(sources)
+    idx = np.tile(np.arange(n), copies)
+    thetas = random_thetas(rng, len(idx), rotation, scale, translation)
+    imgs = np.stack([warp(sources[i], th, canvas, box) for i, th in zip(idx, thetas)])
+    if clutter > 0:
+        # fragments come from other distorted digits of the same split
+        imgs = add_clutter(rng, imgs, imgs[rng.permutation(len(imgs))], clutter,
+                           min(clutter_size, canvas))
+    return imgs[..., None].astype(np.float32), labels[idx], thetas.astype(np.float32)
+
+
+def stratified_split(rng, labels, test_fraction):
+    train, test = [], []
+    for k in np.unique(labels):
+        ids = rng.permutation(np.flatnonzero(labels == k))
+        n_test = int(round(len(ids) * test_fraction))
+        test.append(ids[:n_test])
+        train.append(ids[n_test:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def build_dataset(cfg):
+    """Train / test arrays for a config (see experiments.config.Config).
+
+    Returns a dict with x_train [N, S, S, 1], y_train [N], x_test, y_test,
+    and `info` (sizes, source). Deterministic given cfg.data_seed.
+    """
+    rng = np.random.default_rng(cfg.data_seed)
+    if cfg.dataset == "digits":
+        images, labels = load_sklearn_digits()
+        tr, te = stratified_split(rng, labels, cfg.test_fraction)
+        (xs_tr, ys_tr), (xs_te, ys_te) = (images[tr], labels[tr]), (images[te], labels[te])
+        box_frac = 0.625      # the 8x8 digit fills its box, like MNIST's 20 px in 28
+    elif cfg.dataset == "mnist":
+        (xs_tr, ys_tr), (xs_te, ys_te) = load_mnist(cfg.mnist_path)
+        box_frac = 0.875      # the 28x28 MNIST image carries its own margin
+    else:
+        raise ValueError(f"dataset must be 'digits' or 'mnist', got {cfg.dataset!r}")
+    if cfg.train_limit:
+        keep = np.sort(rng.permutation(len(xs_tr))[:cfg.train_limit])
+        xs_tr, ys_tr = xs_tr[keep], ys_tr[keep]
+    if cfg.test_limit:
+        keep = np.sort(rng.permutation(len(xs_te))[:cfg.test_limit])
+        xs_te, ys_te = xs_te[keep], ys_te[keep]
+    box = cfg.digit_size or int(round(cfg.image_size * box_frac))
+    common = dict(canvas=cfg.image_size, box=box, rotation=cfg.rotation,
+                  scale=(cfg.scale_min, cfg.scale_max), translation=cfg.translation,
+                  clutter=cfg.clutter, clutter_size=cfg.clutter_size)
+    x_train, y_train, _ = distort_set(rng, xs_tr, ys_tr, cfg.train_copies, **common)
+    x_test, y_test, _ = distort_set(rng, xs_te, ys_te, cfg.test_copies, **common)
+    info = dict(dataset=cfg.dataset, source_train=len(xs_tr), source_test=len(xs_te),
+                train=len(x_train), test=len(x_test), image_size=cfg.image_size,
+                digit_box=box)
+    return dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, info=info)

@@ -1,0 +1,284 @@
+"""experiments/: config parsing, data generation (against exact array
+operations), model initialisation at the identity, metrics against
+scikit-learn, and a tiny end-to-end smoke run (seconds, not minutes)."""
+import glob
+import gzip
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from experiments import config as config_lib
+from experiments import data as data_lib
+from experiments import models
+from experiments import stn_classify
+
+
+# ---------------------------------------------------------------- config
+
+def test_config_flags_and_overrides():
+    cfg = config_lib.config_from_args(
+        ["--epochs", "3", "--batch-size=16", "seeds=1,2", "variants=baseline,stn_diffeo",
+         "coordconv_with_r=true", "train_limit=none", "+clutter=2", "lr=0.01"])
+    assert cfg.epochs == 3 and cfg.batch_size == 16
+    assert cfg.seeds == [1, 2] and cfg.variants == ["baseline", "stn_diffeo"]
+    assert cfg.coordconv_with_r is True and cfg.train_limit is None
+    assert cfg.clutter == 2 and cfg.lr == 0.01
+    assert config_lib.config_from_args([]).variants == config_lib.DEFAULT_VARIANTS
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["variants=stn,nope"], ["unknown variant", "nope"]),
+    (["epochs=0"], ["epochs"]),
+    (["epochs=two"], ["epochs", "two"]),
+    (["colour=red"], ["unknown option", "colour"]),
+    (["noequals"], ["key=value"]),
+    (["scale_min=1.5", "scale_max=1.0"], ["scale_min"]),
+    (["dataset=cifar"], ["dataset"]),
+    (["quiet=maybe"], ["quiet"]),
+])
+def test_config_errors_name_the_option(argv, words, capsys):
+    with pytest.raises(SystemExit):
+        config_lib.config_from_args(argv)
+    err = capsys.readouterr().err
+    for w in words:
+        assert w in err
+
+
+def test_help_lists_options_and_variants(capsys):
+    with pytest.raises(SystemExit) as info:
+        stn_classify.main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for w in ["--epochs", "--variants", "key=value", "stn_coordconv", "stn_diffeo", "--mnist-path"]:
+        assert w in out
+
+
+# ---------------------------------------------------------------- data
+
+def test_warp_identity_reproduces_source_exactly():
+    src = np.random.default_rng(0).random((12, 12)).astype(np.float32)
+    out = data_lib.warp(src, np.array([[1.0, 0, 0], [0, 1.0, 0]]), canvas=12, box=12)
+    np.testing.assert_allclose(out, src, atol=1e-6)
+
+
+def test_warp_rotation_and_translation_match_array_ops():
+    src = np.zeros((10, 10), np.float32)
+    src[2:5, 3:8] = 1.0
+    src[6, 1] = 0.5
+    # theta maps output -> input; output (x, y) reads input (y, -x): a 90-degree
+    # rotation; with x along columns that is np.rot90 clockwise.
+    rot = data_lib.warp(src, np.array([[0.0, 1, 0], [-1.0, 0, 0]]), canvas=10, box=10)
+    np.testing.assert_allclose(rot, np.rot90(src, k=-1), atol=1e-6)
+    # translation of +0.4 normalised = +2 px (half-width 5 px): output x reads input x + 2
+    sh = data_lib.warp(src, np.array([[1.0, 0, 0.4], [0, 1.0, 0]]), canvas=10, box=10)
+    want = np.zeros_like(src)
+    want[:, :8] = src[:, 2:]
+    np.testing.assert_allclose(sh, want, atol=1e-6)
+
+
+def test_warp_box_upscales_into_canvas_centre():
+    # identity theta, 6x6 source into a 12 px box of a 24 px canvas equals a 2x
+    # bilinear (half-pixel-centre) resize of the source zero-padded to 12x12
+    src = np.random.default_rng(2).random((6, 6)).astype(np.float32)
+    out = data_lib.warp(src, np.array([[1.0, 0, 0], [0, 1.0, 0]]), canvas=24, box=12)
+    want = tf.image.resize(np.pad(src, 3)[None, ..., None], [24, 24], "bilinear")
+    np.testing.assert_allclose(out, want.numpy()[0, ..., 0], atol=1e-5)
+    assert out[:4].max() == 0 and out[:, 20:].max() == 0
+
+
+def test_random_thetas_invert_the_stated_forward_map():
+    rng = np.random.default_rng(3)
+    th = data_lib.random_thetas(rng, 50, rotation=30, scale=(0.8, 1.1), translation=0.2)
+    rng = np.random.default_rng(3)
+    a = np.deg2rad(rng.uniform(-30, 30, 50))
+    s = rng.uniform(0.8, 1.1, 50)
+    d = rng.uniform(-0.2, 0.2, (50, 2))
+    u = np.random.default_rng(9).normal(size=(50, 2))
+    fwd = s[:, None] * np.stack([np.cos(a) * u[:, 0] - np.sin(a) * u[:, 1],
+                                 np.sin(a) * u[:, 0] + np.cos(a) * u[:, 1]], -1) + d
+    back = np.einsum("nij,nj->ni", th[:, :, :2], fwd) + th[:, :, 2]
+    np.testing.assert_allclose(back, u, atol=1e-10)
+
+
+def _stn_available():
+    try:
+        import stn  # noqa: F401
+        return hasattr(stn, "spatial_transformer_network")
+    except ImportError:
+        return False
+
+
+@pytest.mark.skipif(not _stn_available(), reason="stn.py not present yet")
+def test_data_warp_uses_the_stn_convention():
+    """The generator's theta means what the STN's theta means: warping the
+    same image by the same theta with scipy and with stn agrees."""
+    import stn
+    rng = np.random.default_rng(1)
+    img = np.zeros((20, 20), np.float32)
+    img[4:16, 6:14] = rng.random((12, 8))
+    th = data_lib.random_thetas(rng, 4, rotation=40, scale=(0.8, 1.2), translation=0.2)
+    ours = np.stack([data_lib.warp(img, t, canvas=20, box=20) for t in th])
+    theirs = stn.spatial_transformer_network(
+        tf.constant(np.broadcast_to(img[None, ..., None], (4, 20, 20, 1))),
+        tf.constant(th, tf.float32)).numpy()[..., 0]
+    np.testing.assert_allclose(ours, np.clip(theirs, 0, 1), atol=1e-4)
+
+
+def test_build_dataset_shapes_split_and_determinism():
+    cfg = config_lib.Config(train_copies=2, test_copies=1, clutter=2, image_size=24)
+    a = data_lib.build_dataset(cfg)
+    b = data_lib.build_dataset(cfg)
+    n_test = a["info"]["source_test"]
+    assert a["info"]["source_train"] + n_test == 1797
+    assert a["x_train"].shape == (2 * a["info"]["source_train"], 24, 24, 1)
+    assert a["x_test"].shape == (n_test, 24, 24, 1)
+    assert a["x_train"].dtype == np.float32
+    assert 0.0 <= a["x_train"].min() and a["x_train"].max() <= 1.0
+    np.testing.assert_array_equal(a["x_train"], b["x_train"])
+    np.testing.assert_array_equal(a["y_test"], b["y_test"])
+    # stratified: every class in both splits, roughly 30 % held out
+    assert set(a["y_test"]) == set(range(10))
+    assert abs(n_test / 1797 - 0.3) < 0.01
+
+
+def _write_idx(path, arr):
+    arr = np.asarray(arr, np.uint8)
+    header = struct.pack(">HBB", 0, 8, arr.ndim) + struct.pack(">" + "I" * arr.ndim, *arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + arr.tobytes())
+
+
+def test_load_mnist_npz_and_idx(tmp_path):
+    rng = np.random.default_rng(0)
+    xtr = rng.integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    ytr = np.arange(5, dtype=np.uint8)
+    xte = rng.integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    yte = np.array([7, 8, 9], np.uint8)
+    np.savez(tmp_path / "mnist.npz", x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    for name, arr in [("train-images-idx3-ubyte", xtr), ("train-labels-idx1-ubyte", ytr),
+                      ("t10k-images-idx3-ubyte", xte), ("t10k-labels-idx1-ubyte", yte)]:
+        _write_idx(str(idx / (name + ".gz")), arr)
+    for p in (tmp_path / "mnist.npz", idx):
+        (a, b), (c, d) = data_lib.load_mnist(str(p))
+        np.testing.assert_allclose(a, xtr / 255.0, rtol=1e-6)
+        np.testing.assert_array_equal(b, ytr)
+        np.testing.assert_allclose(c, xte / 255.0, rtol=1e-6)
+        np.testing.assert_array_equal(d, yte)
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        data_lib.load_mnist(str(tmp_path / "absent.npz"))
+
+
+# ---------------------------------------------------------------- models / metrics
+
+@pytest.mark.skipif(not _stn_available(), reason="stn.py not present yet")
+@pytest.mark.parametrize("transform", ["affine", "diffeo", "attention", "projective"])
+@pytest.mark.parametrize("coordconv", [False, True])
+def test_stn_models_start_at_identity(transform, coordconv):
+    tf.random.set_seed(0)
+    m = models.STNClassifier(transform, loc_coordconv=coordconv)
+    x = tf.random.uniform([3, 32, 32, 1], seed=1)
+    m(x)
+    theta = tf.reshape(m.theta(x), [3, -1]).numpy()
+    ident = [1, 0, 0, 0, 1, 0] if theta.shape[1] == 6 else [1, 0, 0, 0, 1, 0, 0, 0, 1]
+    np.testing.assert_allclose(theta, np.tile(ident, (3, 1)), atol=1e-6)
+    np.testing.assert_allclose(m.transform_images(x).numpy(), x.numpy(), atol=1e-5)
+
+
+def test_evaluate_matches_sklearn_log_loss():
+    from sklearn.metrics import accuracy_score, log_loss
+
+    class Fixed:
+        def __init__(self, logits):
+            self.logits = logits
+
+        def __call__(self, x):
+            return tf.constant(self.logits[int(x[0, 0, 0, 0]):][:len(x)])
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(300, 10)) * 3
+    y = rng.integers(0, 10, 300)
+    x = np.zeros((300, 1, 1, 1), np.float32)
+    x[:, 0, 0, 0] = np.arange(300)
+    nll, acc, pred = stn_classify.evaluate(Fixed(logits), x, y, batch_size=64)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    assert nll == pytest.approx(log_loss(y, p, labels=range(10)), rel=1e-9)
+    assert acc == pytest.approx(accuracy_score(y, logits.argmax(1)))
+    cm = stn_classify.confusion_matrix(y, pred)
+    assert cm.sum() == 300 and np.trace(cm) == int(round(acc * 300))
+
+
+def test_summarise_mean_and_sample_std():
+    results = [dict(variant="a", test_accuracy=acc, test_nll=nll, params=5, train_seconds=1.0)
+               for acc, nll in [(0.9, 0.3), (0.8, 0.5), (0.7, 0.4)]]
+    s = stn_classify.summarise(results, ["a"])["a"]
+    assert s["acc_mean"] == pytest.approx(0.8) and s["acc_std"] == pytest.approx(0.1)
+    assert s["nll_mean"] == pytest.approx(0.4) and s["nll_std"] == pytest.approx(0.1)
+    assert "80.00 ± 10.00" in stn_classify.summary_table({"a": s})
+
+
+# ---------------------------------------------------------------- smoke run
+
+def _tb_scalars(run_dir, tag):
+    vals = {}
+    for path in glob.glob(os.path.join(run_dir, "tb", "events.*")):
+        for ev in tf.compat.v1.train.summary_iterator(path):
+            for v in ev.summary.value:
+                if v.tag == tag:
+                    vals[ev.step] = float(tf.make_ndarray(v.tensor)) if v.HasField("tensor") \
+                        else v.simple_value
+    return vals
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _stn_available(), reason="stn.py not present yet")
+def test_smoke_run_all_default_variants(tmp_path):
+    argv = ["epochs=1", "train_limit=60", "test_limit=30", "train_copies=1", "test_copies=1",
+            "batch_size=32", "image_size=24", "seeds=0", "log_every=1", f"out={tmp_path}",
+            "quiet=true"]
+    cfg = config_lib.config_from_args(argv)
+    doc = stn_classify.run(cfg, argv)
+    with open(tmp_path / "results.json") as f:
+        on_disk = json.load(f)
+    assert on_disk["summary"] == json.loads(json.dumps(doc["summary"]))
+    assert [r["variant"] for r in on_disk["runs"]] == config_lib.DEFAULT_VARIANTS
+    for r in on_disk["runs"]:
+        assert 0.0 <= r["test_accuracy"] <= 1.0 and np.isfinite(r["test_nll"])
+        assert np.sum(r["confusion"]) == 30
+        assert np.trace(r["confusion"]) == int(round(r["test_accuracy"] * 30))
+        run_dir = tmp_path / r["variant"] / "seed0"
+        assert (run_dir / "confusion.png").stat().st_size > 1000
+        assert (run_dir / "curves.png").exists()
+        # TensorBoard events hold the same numbers as the JSON
+        acc = _tb_scalars(str(run_dir), "epoch/test_accuracy")
+        assert acc[1] == pytest.approx(r["history"][0]["test_accuracy"], rel=1e-6)
+        assert len(_tb_scalars(str(run_dir), "train/step_loss")) == 2    # 60 / 32 -> 2 steps
+    for name in ("curves.png", "transforms.png", "summary.md"):
+        assert (tmp_path / name).exists()
+    # CoordConv localisation net: 2 extra input channels in each of 2 convs
+    p = {r["variant"]: r["params"] for r in on_disk["runs"]}
+    assert p["stn_coordconv"] - p["stn"] == 2 * 7 * 7 * 8 + 2 * 5 * 5 * 10
+    assert p["stn_diffeo"] == p["stn"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _stn_available(), reason="stn.py not present yet")
+def test_smoke_run_is_reproducible(tmp_path):
+    argv = ["epochs=1", "train_limit=40", "test_limit=20", "train_copies=1", "test_copies=1",
+            "batch_size=16", "image_size=20", "variants=stn_coordconv", "figures=false",
+            "tensorboard=false", "quiet=true"]
+    from tensorflow.python.framework import config as tf_config
+    determinism_before = tf_config.is_op_determinism_enabled()
+    a = stn_classify.run(config_lib.config_from_args(argv + [f"out={tmp_path / 'a'}"]))
+    b = stn_classify.run(config_lib.config_from_args(argv + [f"out={tmp_path / 'b'}"]))
+    assert a["runs"][0]["history"][0]["train_loss"] == b["runs"][0]["history"][0]["train_loss"]
+    assert a["runs"][0]["test_nll"] == b["runs"][0]["test_nll"]
+    # the run restored the process-wide determinism setting it found
+    from tensorflow.python.framework import config as tf_config
+    assert tf_config.is_op_determinism_enabled() == determinism_before
