@@ -1,0 +1,921 @@
+"""Spatial Transformer Networks for TensorFlow: grids, one sampler, transforms.
+
+Jaderberg, Simonyan, Zisserman and Kavukcuoglu, "Spatial Transformer
+Networks", NeurIPS 2015 (arXiv:1506.02025).
+
+A spatial transformer warps an image or feature map ``[B, H, W, C]`` by a
+transform ``theta`` that maps *output* coordinates to *input* coordinates:
+``out[b, i, j] = img[b, T_b(p_ij)]``, sampled with interpolation. Everything
+here is differentiable with respect to the image and to ``theta`` (or the
+sampling grid), so ``theta`` can be predicted by a localisation network.
+
+Coordinate convention (the one convention of this project, and PyTorch's
+``affine_grid`` / ``grid_sample``): normalised coordinates run from -1 to 1
+across the image, x along the width, y along the height, listed (x, y).
+
+* ``align_corners=False`` (default): -1 and 1 are the outer edges of the
+  border pixels; pixel ``i`` of ``n`` has centre ``(2i + 1) / n - 1``. This
+  is DSNT's convention, so a ``dsnt`` output feeds an STN translation as is.
+* ``align_corners=True``: -1 and 1 are the centres of the corner pixels;
+  pixel ``i`` of ``n`` has centre ``2i / (n - 1) - 1`` (0 when ``n == 1``).
+
+Results agree with ``torch.nn.functional.affine_grid`` + ``grid_sample``
+(forward and gradients, every ``align_corners``, ``padding_mode`` and
+``interpolation``) to float32 round-off, and the identity transform returns
+the input exactly, for every size.
+
+The sampler runs as an XLA-compiled TensorFlow function (CPU, GPU and TPU
+alike); set the environment variable ``STN_JIT=0`` before import, or call
+``set_jit(False)``, to run it as ordinary TensorFlow ops instead. Both give
+the same numbers.
+
+Only TensorFlow and NumPy are imported: the module can be copied into any
+TF2 program or ``tf.compat.v1`` graph.
+"""
+import os
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = [
+    "PADDING_MODES", "INTERPOLATIONS", "TRANSFORMS",
+    "spatial_transformer_network", "grid_sample", "affine_grid",
+    "affine_grid_generator", "bilinear_sampler",
+    "pixel_to_normalized", "normalized_to_pixel", "pixel_centers",
+    "identity_theta", "affine_theta", "attention_theta", "rotation_theta",
+    "similarity_theta", "affine_diffeomorphic_theta", "projective_theta",
+    "invert_affine", "compose_affine", "AffineWarpConstraints",
+    "transform_theta", "set_jit",
+]
+
+PADDING_MODES = ("zeros", "border", "reflection")
+INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
+
+# Cubic convolution constant used by PyTorch (and OpenCV) for "bicubic".
+_CUBIC_A = -0.75
+
+# Below this many channels the four bilinear corners are gathered as one row
+# of a neighbour-stacked copy of the image (one index per output pixel);
+# above it, four indices per output pixel into the padded image are cheaper.
+# Chosen from benchmarks/bench.py runs (see README, Performance).
+_STACKED_MAX_CHANNELS = 8
+
+_JIT = os.environ.get("STN_JIT", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def set_jit(enabled):
+    """Chooses whether the sampler runs XLA-compiled (default) or as plain ops.
+
+    Both give the same numbers; plain ops are there for platforms without
+    XLA. Takes effect for calls traced after it.
+    """
+    global _JIT
+    _JIT = bool(enabled)
+
+
+# --------------------------------------------------------------------------
+# Argument checking
+# --------------------------------------------------------------------------
+
+def _check_option(name, value, allowed):
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(
+            f"{name} must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}")
+    return value
+
+
+def _check_bool(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False; got {value!r}")
+    return bool(value)
+
+
+def _as_image(img, name):
+    """Converts to a floating tensor: floats keep their dtype, ints go to float32."""
+    img = tf.convert_to_tensor(img)
+    dtype = img.dtype
+    if dtype.is_floating:
+        return img
+    if dtype.is_integer or dtype == tf.bool:
+        return tf.cast(img, tf.float32)
+    raise TypeError(f"{name} must be a real-valued tensor; got dtype {dtype.name}")
+
+
+def _as_float(x, name):
+    x = tf.convert_to_tensor(x)
+    if x.dtype.is_floating:
+        return x
+    if x.dtype.is_integer:
+        return tf.cast(x, tf.float32)
+    raise TypeError(f"{name} must be a real-valued tensor; got dtype {x.dtype.name}")
+
+
+def _check_rank(x, name, rank, layout):
+    if x.shape.rank is not None and x.shape.rank != rank:
+        raise ValueError(
+            f"{name} must have rank {rank} ({layout}); got shape {x.shape}")
+
+
+def _compute_dtype(*dtypes):
+    """Coordinates need at least float32: float16 cannot even count to 2048."""
+    return tf.float64 if any(d == tf.float64 for d in dtypes) else tf.float32
+
+
+def _check_size(name, size):
+    """Validates an (height, width) pair of positive ints or int scalars."""
+    if size is None:
+        return None
+    if isinstance(size, (tf.Tensor, tf.Variable, np.ndarray)) and not isinstance(size, np.ndarray):
+        if size.shape.rank is not None and (size.shape.rank != 1 or size.shape[0] not in (None, 2)):
+            raise ValueError(f"{name} must be (height, width); got a tensor of shape {size.shape}")
+        return (size[0], size[1])
+    try:
+        size = tuple(size)
+    except TypeError:
+        raise ValueError(f"{name} must be (height, width); got {size!r}") from None
+    if len(size) != 2:
+        raise ValueError(f"{name} must be (height, width); got {size!r}")
+    out = []
+    for s in size:
+        if isinstance(s, (tf.Tensor, tf.Variable)):
+            out.append(s)
+            continue
+        if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)) or int(s) < 1:
+            raise ValueError(f"{name} must be two positive integers (height, width); got {size!r}")
+        out.append(int(s))
+    return tuple(out)
+
+
+def _static_or_dynamic_shape(x):
+    static = x.shape.as_list()
+    dynamic = tf.unstack(tf.shape(x)) if any(s is None for s in static) else None
+    return [s if s is not None else dynamic[i] for i, s in enumerate(static)]
+
+
+# --------------------------------------------------------------------------
+# The coordinate convention (one helper for each direction)
+# --------------------------------------------------------------------------
+
+def _half_extent(size, align_corners, dtype):
+    """Pixels per normalised unit: n/2 (edges at +-1) or (n-1)/2 (centres)."""
+    size = tf.cast(size, dtype)
+    return (size - 1.0) / 2.0 if align_corners else size / 2.0
+
+
+def _centre(size, dtype):
+    """Pixel coordinate of normalised 0: (n - 1) / 2 in both conventions."""
+    return (tf.cast(size, dtype) - 1.0) / 2.0
+
+
+def normalized_to_pixel(coord, size, align_corners=False):
+    """Maps normalised coordinates in [-1, 1] to pixel coordinates.
+
+    Pixel coordinates put pixel ``i``'s centre at ``i`` (0-based).
+
+    Args:
+      coord: float tensor of any shape, normalised coordinates along one axis.
+      size: number of pixels along that axis (int or int scalar tensor).
+      align_corners: the convention (see the module docstring).
+
+    Returns:
+      A tensor like ``coord``: ``coord * h + (size - 1) / 2`` with
+      ``h = size / 2`` (``align_corners=False``) or ``(size - 1) / 2``.
+
+    Example:
+      >>> normalized_to_pixel(tf.constant([-1., 0., 1.]), 4)   # [-0.5, 1.5, 3.5]
+    """
+    coord = _as_float(coord, "coord")
+    return coord * _half_extent(size, align_corners, coord.dtype) + _centre(size, coord.dtype)
+
+
+def pixel_to_normalized(coord, size, align_corners=False):
+    """Maps pixel coordinates (pixel ``i`` centred at ``i``) to normalised ones.
+
+    The inverse of ``normalized_to_pixel``. With ``align_corners=True`` and
+    ``size == 1`` every coordinate maps to 0.
+
+    Example:
+      >>> pixel_to_normalized(tf.constant([0., 3.]), 4)   # [-0.75, 0.75]
+    """
+    coord = _as_float(coord, "coord")
+    h = _half_extent(size, align_corners, coord.dtype)
+    return tf.math.divide_no_nan(coord - _centre(size, coord.dtype), h)
+
+
+def pixel_centers(size, align_corners=False, dtype=tf.float32):
+    """Normalised coordinates of the centres of ``size`` pixels, shape ``[size]``.
+
+    ``align_corners=False``: ``(2i + 1) / n - 1`` (DSNT's convention);
+    ``align_corners=True``: ``2i / (n - 1) - 1`` (``[0.]`` for one pixel).
+
+    Example:
+      >>> pixel_centers(4)   # [-0.75, -0.25, 0.25, 0.75]
+    """
+    return pixel_to_normalized(tf.range(size, dtype=dtype), size, align_corners)
+
+
+# --------------------------------------------------------------------------
+# Transforms -> sampling coordinates
+# --------------------------------------------------------------------------
+
+def _theta_matrix(theta, name="theta"):
+    """Returns (matrix, is_projective): [B, 2, 3] affine or [B, 3, 3] projective."""
+    theta = _as_float(theta, name)
+    shape = theta.shape
+    if shape.rank == 2 and shape[-1] in (6, 8):
+        projective = shape[-1] == 8
+        if projective:
+            ones = tf.ones_like(theta[:, :1])
+            return tf.reshape(tf.concat([theta, ones], axis=1), [-1, 3, 3]), True
+        return tf.reshape(theta, [-1, 2, 3]), False
+    if shape.rank == 3 and tuple(shape[1:]) in ((2, 3), (3, 3)):
+        return theta, shape[1] == 3
+    raise ValueError(
+        f"{name} must have shape [B, 6] or [B, 2, 3] (affine) or [B, 8] or "
+        f"[B, 3, 3] (projective); got {shape}")
+
+
+def _transform_points(matrix, projective, out_size, align_corners, in_half, in_centre):
+    """Applies theta to the output pixel centres; returns (x, y), [B, Ho, Wo].
+
+    The result is ``in_half * T(p) + in_centre``: normalised coordinates when
+    ``in_half = 1, in_centre = 0``, input pixel coordinates when they are the
+    input's half extent and centre. The arithmetic is arranged so that the
+    identity transform between equal sizes gives exact pixel indices:
+    output offsets from the centre are half-integers (exact) and the scale
+    ``in_half / out_half`` is exactly 1.
+    """
+    dtype = matrix.dtype
+    out_h, out_w = out_size
+    # Offsets of output pixel centres from the output centre, in pixels (exact).
+    u = tf.range(out_w, dtype=dtype) - _centre(out_w, dtype)
+    v = tf.range(out_h, dtype=dtype) - _centre(out_h, dtype)
+    out_half_x = _half_extent(out_w, align_corners, dtype)
+    out_half_y = _half_extent(out_h, align_corners, dtype)
+    in_half_x, in_half_y = in_half
+    u = u[None, None, :]
+    v = v[None, :, None]
+    t = matrix[:, :, :, None, None]  # [B, r, c, 1, 1]
+
+    def row(r, scale_x, scale_y, offset_scale):
+        # scale / out_half folded into one factor per axis (0 for size-1 grids).
+        return (t[:, r, 0] * tf.math.divide_no_nan(scale_x, out_half_x) * u
+                + t[:, r, 1] * tf.math.divide_no_nan(scale_y, out_half_y) * v
+                + t[:, r, 2] * offset_scale)
+
+    x = row(0, in_half_x, in_half_x, in_half_x)
+    y = row(1, in_half_y, in_half_y, in_half_y)
+    if projective:
+        one = tf.ones([], dtype)
+        w = row(2, one, one, one)
+        x = x / w
+        y = y / w
+    return x + in_centre[0], y + in_centre[1]
+
+
+def affine_grid(theta, size, *, align_corners=False):
+    """Sampling grid for ``grid_sample`` from transforms (PyTorch's ``affine_grid``).
+
+    Args:
+      theta: ``[B, 2, 3]`` or ``[B, 6]`` affine, or ``[B, 3, 3]`` or ``[B, 8]``
+        projective (homogeneous, ``h22 = 1`` for the 8-vector), mapping output
+        normalised (x, y) to input normalised (x, y). Float dtypes are kept
+        (half types are computed in float32 and cast back).
+      size: ``(out_height, out_width)``, positive ints or int scalars.
+      align_corners: the coordinate convention (module docstring).
+
+    Returns:
+      ``[B, out_height, out_width, 2]`` normalised (x, y) input coordinates,
+      in ``theta``'s dtype.
+
+    Example:
+      >>> theta = identity_theta(2)
+      >>> affine_grid(theta, (3, 4)).shape   # [2, 3, 4, 2]
+    """
+    align_corners = _check_bool("align_corners", align_corners)
+    size = _check_size("size", size)
+    if size is None:
+        raise ValueError("size must be (height, width); got None")
+    matrix, projective = _theta_matrix(theta)
+    out_dtype = matrix.dtype
+    matrix = tf.cast(matrix, _compute_dtype(out_dtype))
+    one = tf.ones([], matrix.dtype)
+    zero = tf.zeros([], matrix.dtype)
+    x, y = _transform_points(matrix, projective, size, align_corners, (one, one), (zero, zero))
+    return tf.cast(tf.stack([x, y], axis=-1), out_dtype)
+
+
+# --------------------------------------------------------------------------
+# Padding modes (PyTorch's compute_coordinates, gradients included)
+# --------------------------------------------------------------------------
+
+def _clip_with_border_grad(coord, size):
+    """Clips to [0, size - 1]; the gradient is 1 strictly inside, else 0.
+
+    PyTorch treats the borders themselves as out of bounds for the gradient.
+    """
+    upper = tf.cast(size, coord.dtype) - 1.0
+    inside = tf.logical_and(coord > 0.0, coord < upper)
+    clipped = tf.minimum(tf.maximum(coord, 0.0), upper)
+    return tf.where(inside, coord, tf.stop_gradient(clipped))
+
+
+def _reflect(coord, size, align_corners):
+    """Reflects about the image borders until inside (PyTorch's reflect_coordinates).
+
+    The reflection lines are the corner centres (``align_corners=True``) or
+    the image edges, half a pixel further out (``False``).
+    """
+    dtype = coord.dtype
+    n = tf.cast(size, dtype)
+    if align_corners:
+        low, span = tf.zeros([], dtype), n - 1.0
+    else:
+        low, span = tf.constant(-0.5, dtype), n
+    d = coord - low
+    d = tf.where(d < 0.0, -d, d)  # gradient -1 / +1 (not 0 at the fold, unlike abs)
+    safe_span = tf.where(span > 0.0, span, tf.ones_like(span))
+    flips = tf.floor(d / safe_span)
+    extra = d - tf.stop_gradient(flips) * safe_span
+    odd = tf.equal(tf.math.floormod(flips, 2.0), 1.0)
+    out = tf.where(odd, span - extra, extra) + low
+    return tf.where(span > 0.0, out, tf.zeros_like(out))
+
+
+def _apply_padding(coord, size, padding_mode, align_corners):
+    """Maps a pixel coordinate per ``padding_mode`` (identity for "zeros")."""
+    if padding_mode == "border":
+        return _clip_with_border_grad(coord, size)
+    if padding_mode == "reflection":
+        return _clip_with_border_grad(_reflect(coord, size, align_corners), size)
+    return coord
+
+
+# --------------------------------------------------------------------------
+# The sampler: pixel coordinates -> values
+# --------------------------------------------------------------------------
+
+def _flat_index(b, y, x, padded_h, padded_w):
+    """Row of pixel (b, y, x) in an image flattened to [B * Hp * Wp, C]."""
+    return (b * padded_h + y) * padded_w + x
+
+
+def _batch_index(x):
+    return tf.reshape(tf.range(tf.shape(x)[0]), [-1, 1, 1])
+
+
+def _clip_int(i, low, high):
+    return tf.minimum(tf.maximum(i, low), high)
+
+
+def _sample_bilinear(img, x, y, dims):
+    """Bilinear interpolation at pixel coordinates; zero outside the image.
+
+    The image is padded with zeros (1 pixel before, 2 after), coordinates are
+    clamped to [-1, n], which keeps every corner inside the padded image and
+    changes no value (outside that band all four corners are padding).
+    """
+    _, h, w, c = dims
+    hf = tf.cast(h, x.dtype)
+    wf = tf.cast(w, x.dtype)
+    x = tf.clip_by_value(x, -1.0, wf)
+    y = tf.clip_by_value(y, -1.0, hf)
+    x0f = tf.floor(x)
+    y0f = tf.floor(y)
+    wx = x - x0f
+    wy = y - y0f
+    # +1: position in the padded image. The integer clip only matters for
+    # NaN coordinates, whose integer cast is undefined: never read outside.
+    x0 = _clip_int(tf.cast(x0f, tf.int32) + 1, 0, w + 1)
+    y0 = _clip_int(tf.cast(y0f, tf.int32) + 1, 0, h + 1)
+    padded = tf.pad(img, [[0, 0], [1, 2], [1, 2], [0, 0]])
+    weights = tf.stack([(1.0 - wx) * (1.0 - wy), wx * (1.0 - wy),
+                        (1.0 - wx) * wy, wx * wy], axis=-1)
+    weights = tf.cast(weights, img.dtype)
+    b = _batch_index(x)
+    static_c = img.shape[-1]
+    if static_c is not None and static_c <= _STACKED_MAX_CHANNELS:
+        # One gather of the 2x2 neighbourhood stored as a row of 4C values.
+        stacked = tf.concat([padded[:, :-1, :-1], padded[:, :-1, 1:],
+                             padded[:, 1:, :-1], padded[:, 1:, 1:]], axis=-1)
+        rows = _flat_index(b, y0, x0, h + 2, w + 2)
+        corners = tf.gather(tf.reshape(stacked, [-1, 4, c]), rows)
+    else:
+        i00 = _flat_index(b, y0, x0, h + 3, w + 3)
+        rows = tf.stack([i00, i00 + 1, i00 + (w + 3), i00 + (w + 4)], axis=-1)
+        corners = tf.gather(tf.reshape(padded, [-1, c]), rows)
+    return tf.reduce_sum(weights[..., None] * corners, axis=-2)
+
+
+def _gather_taps(img, xs, ys, dims, weights):
+    """Sums weights[k] * img[ys[k], xs[k]] over taps k; taps outside read 0.
+
+    xs, ys: integer tap positions [B, Ho, Wo, K]; weights: [B, Ho, Wo, K].
+    """
+    _, h, w, c = dims
+    valid = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
+    rows = _flat_index(_batch_index(xs)[..., None],
+                       _clip_int(ys, 0, h - 1), _clip_int(xs, 0, w - 1), h, w)
+    values = tf.gather(tf.reshape(img, [-1, c]), rows)
+    values = tf.where(valid[..., None], values, tf.zeros([], img.dtype))
+    return tf.reduce_sum(tf.cast(weights, img.dtype)[..., None] * values, axis=-2)
+
+
+def _int_coord(coord):
+    """Float pixel coordinate (integer-valued) -> int32, safe for NaN / huge values."""
+    big = 2.0 ** 30
+    coord = tf.where(tf.math.is_nan(coord), -big * tf.ones_like(coord), coord)
+    return tf.cast(tf.clip_by_value(coord, -big, big), tf.int32)
+
+
+def _sample_nearest(img, x, y, dims):
+    """Nearest pixel (round half to even, as PyTorch); zero outside."""
+    xi = _int_coord(tf.stop_gradient(tf.round(x)))[..., None]
+    yi = _int_coord(tf.stop_gradient(tf.round(y)))[..., None]
+    # Weight 1 with a zero (not missing) gradient to the coordinates, as
+    # PyTorch: optimisers then see zeros rather than None.
+    never = tf.zeros_like(x, dtype=tf.bool)
+    ones = 1.0 + tf.where(never, x + y, tf.zeros_like(x))
+    return _gather_taps(img, xi, yi, dims, ones[..., None])
+
+
+def _cubic_weights(t):
+    """Cubic convolution weights (A = -0.75) of the taps at -1, 0, 1, 2 from floor."""
+    a = _CUBIC_A
+
+    def near(s):   # |s| <= 1
+        return ((a + 2.0) * s - (a + 3.0)) * s * s + 1.0
+
+    def far(s):    # 1 < |s| < 2
+        return ((a * s - 5.0 * a) * s + 8.0 * a) * s - 4.0 * a
+
+    return tf.stack([far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)], axis=-1)
+
+
+def _sample_bicubic(img, x, y, dims, padding_mode, align_corners):
+    """Bicubic interpolation; each of the 4x4 taps is mapped by padding_mode."""
+    _, h, w, _ = dims
+
+    def taps(coord, size):
+        n = tf.cast(size, coord.dtype)
+        if padding_mode == "reflection":
+            # Reflection is periodic; fold far coordinates into one period
+            # first (an integer shift keeps the fractional part).
+            period = 2.0 * (n - 1.0) if align_corners else 2.0 * n
+            safe = tf.where(period > 0.0, period, tf.ones_like(period))
+            coord = coord - tf.stop_gradient(tf.floor(coord / safe) * safe)
+        else:
+            # Beyond 2 pixels outside, every tap is padding (zeros) or the
+            # border pixel with weights summing to 1 (border): clamping
+            # changes no value.
+            coord = tf.clip_by_value(coord, -3.0, n + 2.0)
+        c0 = tf.floor(coord)
+        t = coord - c0
+        positions = c0[..., None] + tf.constant([-1.0, 0.0, 1.0, 2.0], coord.dtype)
+        positions = tf.stop_gradient(_apply_padding(positions, size, padding_mode, align_corners))
+        return _int_coord(positions), _cubic_weights(t)
+
+    xs, wx = taps(x, w)
+    ys, wy = taps(y, h)
+    k = tf.shape(xs)[:-1]
+    # 16 taps: row-major over (y tap, x tap).
+    xs16 = tf.reshape(tf.tile(xs[..., None, :], [1, 1, 1, 4, 1]), tf.concat([k, [16]], 0))
+    ys16 = tf.reshape(tf.tile(ys[..., :, None], [1, 1, 1, 1, 4]), tf.concat([k, [16]], 0))
+    w16 = tf.reshape(wy[..., :, None] * wx[..., None, :], tf.concat([k, [16]], 0))
+    return _gather_taps(img, xs16, ys16, dims, w16)
+
+
+def _sample_pixels(img, x, y, padding_mode, interpolation, align_corners):
+    """The one sampler: img [B, H, W, C] at pixel coordinates x, y [B, Ho, Wo].
+
+    Returns [B, Ho, Wo, C] in img's dtype. ``x``/``y`` follow the pixel
+    convention (pixel i centred at i); align_corners only selects the
+    reflection lines.
+    """
+    dims = _static_or_dynamic_shape(img)
+    _, h, w, _ = dims
+    if interpolation == "bicubic":
+        return _sample_bicubic(img, x, y, dims, padding_mode, align_corners)
+    x = _apply_padding(x, w, padding_mode, align_corners)
+    y = _apply_padding(y, h, padding_mode, align_corners)
+    if interpolation == "nearest":
+        return _sample_nearest(img, x, y, dims)
+    return _sample_bilinear(img, x, y, dims)
+
+
+def _grid_sample_impl(img, grid, padding_mode, interpolation, align_corners):
+    cdtype = _compute_dtype(img.dtype, grid.dtype)
+    grid = tf.cast(grid, cdtype)
+    h = tf.shape(img)[1]
+    w = tf.shape(img)[2]
+    x = normalized_to_pixel(grid[..., 0], w, align_corners)
+    y = normalized_to_pixel(grid[..., 1], h, align_corners)
+    return _sample_pixels(img, x, y, padding_mode, interpolation, align_corners)
+
+
+def _transformer_impl(img, theta, out_size, projective, padding_mode, interpolation,
+                      align_corners):
+    cdtype = _compute_dtype(img.dtype, theta.dtype)
+    theta = tf.cast(theta, cdtype)
+    h = tf.shape(img)[1]
+    w = tf.shape(img)[2]
+    if out_size is None:
+        out_size = (h, w)
+    in_half = (_half_extent(w, align_corners, cdtype), _half_extent(h, align_corners, cdtype))
+    in_centre = (_centre(w, cdtype), _centre(h, cdtype))
+    x, y = _transform_points(theta, projective, out_size, align_corners, in_half, in_centre)
+    return _sample_pixels(img, x, y, padding_mode, interpolation, align_corners)
+
+
+_jitted = {}
+
+
+def _run(fn, *args, static=(), jit=True):
+    """Calls fn(*args, *static), XLA-compiled when enabled and possible."""
+    if not (_JIT and jit):
+        return fn(*args, *static)
+    key = (fn, static)
+    if key not in _jitted:
+        _jitted[key] = tf.function(lambda *a: fn(*a, *static), jit_compile=True,
+                                   reduce_retracing=True)
+    return _jitted[key](*args)
+
+
+def _check_batch(img, other, name):
+    """Static batch check, or a dynamic assertion (ignored by XLA) when unknown."""
+    bi, bo = img.shape[0], other.shape[0]
+    if bi is not None and bo is not None:
+        if bi != bo:
+            raise ValueError(
+                f"{name} must have the same batch size as the image; got {bo} for {name} "
+                f"and {bi} for the image")
+        return []
+    return [tf.debugging.assert_equal(
+        tf.shape(img)[0], tf.shape(other)[0],
+        message=f"{name} must have the same batch size as the image")]
+
+
+def _with_deps(deps, fn):
+    if deps and not tf.executing_eagerly():
+        with tf.control_dependencies(deps):
+            return fn()
+    return fn()
+
+
+# --------------------------------------------------------------------------
+# Public API: sampling
+# --------------------------------------------------------------------------
+
+def grid_sample(img, grid, *, align_corners=False, padding_mode="zeros",
+                interpolation="bilinear"):
+    """Samples ``img`` at normalised (x, y) locations (PyTorch's ``grid_sample``).
+
+    Args:
+      img: ``[B, H, W, C]`` image or feature map (NHWC). Float dtypes are kept;
+        integer images are cast to float32.
+      grid: ``[B, Ho, Wo, 2]`` normalised (x, y) coordinates in the input,
+        x along the width, y along the height (module docstring).
+      align_corners: False: -1/1 are the image edges; True: the corner pixel
+        centres.
+      padding_mode: value outside the image: "zeros", "border" (nearest edge
+        pixel) or "reflection" (mirror about the border).
+      interpolation: "bilinear", "nearest" (round half to even) or "bicubic"
+        (cubic convolution, A = -0.75).
+
+    Returns:
+      ``[B, Ho, Wo, C]`` in ``img``'s (float) dtype. Differentiable with
+      respect to ``img`` and ``grid`` (the grid gradient is 0 for "nearest").
+      A NaN coordinate gives NaN in that output pixel ("zeros"/"border") and
+      never reads outside the image; +-inf behaves as far outside.
+
+    Example:
+      >>> img = tf.random.normal([1, 8, 8, 3])
+      >>> grid = affine_grid(identity_theta(1), (8, 8))
+      >>> out = grid_sample(img, grid)          # == img
+    """
+    align_corners = _check_bool("align_corners", align_corners)
+    _check_option("padding_mode", padding_mode, PADDING_MODES)
+    _check_option("interpolation", interpolation, INTERPOLATIONS)
+    img = _as_image(img, "img")
+    grid = _as_float(grid, "grid")
+    _check_rank(img, "img", 4, "[B, H, W, C]")
+    _check_rank(grid, "grid", 4, "[B, Ho, Wo, 2]")
+    if grid.shape[-1] is not None and grid.shape[-1] != 2:
+        raise ValueError(f"grid must have shape [B, Ho, Wo, 2] (x, y); got {grid.shape}")
+    deps = _check_batch(img, grid, "grid")
+    return _with_deps(deps, lambda: _run(
+        _grid_sample_impl, img, grid,
+        static=(padding_mode, interpolation, align_corners)))
+
+
+def spatial_transformer_network(input_fmap, theta, out_dims=None, *, align_corners=False,
+                                padding_mode="zeros", interpolation="bilinear"):
+    """Warps ``input_fmap`` by ``theta``: the spatial transformer layer.
+
+    ``out[b, i, j] = input_fmap[b, T_b(p_ij)]`` where ``p_ij`` is output pixel
+    (i, j)'s centre in normalised coordinates and ``T_b`` is ``theta[b]``.
+    Same numbers as ``grid_sample(input_fmap, affine_grid(theta, out_dims))``
+    and as PyTorch's ``grid_sample(affine_grid(...))``, to float32 round-off;
+    the identity transform returns the input exactly (any size, both
+    conventions).
+
+    Args:
+      input_fmap: ``[B, H, W, C]`` image or feature map. Float dtypes are
+        kept; integer images are cast to float32.
+      theta: ``[B, 6]`` / ``[B, 2, 3]`` affine, or ``[B, 8]`` / ``[B, 3, 3]``
+        projective, mapping output (x, y) to input (x, y), normalised.
+        See ``identity_theta``, ``attention_theta``, ``rotation_theta``,
+        ``affine_diffeomorphic_theta``, ``projective_theta``.
+      out_dims: ``(out_height, out_width)``; default the input's (H, W).
+        Up- or down-samples.
+      align_corners, padding_mode, interpolation: as in ``grid_sample``.
+
+    Returns:
+      ``[B, out_height, out_width, C]``, in the input's (float) dtype.
+
+    Example:
+      >>> x = tf.random.normal([2, 200, 200, 3])
+      >>> theta = tf.constant([[1., 0, 0, 0, 1., 0]] * 2)
+      >>> y = spatial_transformer_network(x, theta)   # == x, exactly
+      >>> crop = spatial_transformer_network(x, attention_theta([[0.5, 0., 0.]] * 2), (50, 50))
+    """
+    align_corners = _check_bool("align_corners", align_corners)
+    _check_option("padding_mode", padding_mode, PADDING_MODES)
+    _check_option("interpolation", interpolation, INTERPOLATIONS)
+    img = _as_image(input_fmap, "input_fmap")
+    _check_rank(img, "input_fmap", 4, "[B, H, W, C]")
+    matrix, projective = _theta_matrix(theta)
+    out_size = _check_size("out_dims", out_dims)
+    deps = _check_batch(img, matrix, "theta")
+    static = (projective, padding_mode, interpolation, align_corners)
+    if out_size is None or all(isinstance(s, int) for s in out_size):
+        # Static output size: the whole layer compiles as one XLA cluster.
+        fn = lambda: _run(_transformer_impl, img, matrix,
+                          static=(out_size,) + static)
+    else:
+        # Output size known only at run time (a tensor): grid generation
+        # stays outside XLA, the sampling grid goes in.
+        fn = lambda: grid_sample(
+            img, affine_grid(matrix, out_size, align_corners=align_corners),
+            align_corners=align_corners, padding_mode=padding_mode,
+            interpolation=interpolation)
+    return _with_deps(deps, fn)
+
+
+def affine_grid_generator(height, width, theta, *, align_corners=False):
+    """The seed's grid generator: ``[B, 2, height, width]`` normalised (x, y).
+
+    Kept for snippet compatibility with ``kevinzakka/spatial-transformer-network``;
+    equals ``tf.transpose(affine_grid(theta, (height, width)), [0, 3, 1, 2])``.
+    ``theta`` is ``[B, 2, 3]`` (or any form ``affine_grid`` accepts).
+
+    Example:
+      >>> grids = affine_grid_generator(32, 32, identity_theta(4))
+      >>> out = bilinear_sampler(img, grids[:, 0], grids[:, 1])
+    """
+    grid = affine_grid(theta, (height, width), align_corners=align_corners)
+    return tf.transpose(grid, [0, 3, 1, 2])
+
+
+def bilinear_sampler(img, x, y, *, align_corners=False, padding_mode="zeros"):
+    """The seed's sampler: ``img`` [B, H, W, C] at normalised ``x``, ``y`` [B, Ho, Wo].
+
+    Kept for snippet compatibility; now exact (it is ``grid_sample`` with
+    bilinear interpolation). Returns ``[B, Ho, Wo, C]``.
+    """
+    x = _as_float(x, "x")
+    y = _as_float(y, "y")
+    _check_rank(x, "x", 3, "[B, Ho, Wo]")
+    _check_rank(y, "y", 3, "[B, Ho, Wo]")
+    dtype = _compute_dtype(x.dtype, y.dtype)
+    grid = tf.stack([tf.cast(x, dtype), tf.cast(y, dtype)], axis=-1)
+    return grid_sample(img, grid, align_corners=align_corners, padding_mode=padding_mode,
+                       interpolation="bilinear")
+
+
+# --------------------------------------------------------------------------
+# Transform parameterisations: params -> theta
+# --------------------------------------------------------------------------
+
+def _params(params, name, count):
+    params = _as_float(params, name)
+    if params.shape.rank is not None and (params.shape.rank != 2 or params.shape[-1] not in (None, count)):
+        raise ValueError(f"{name} must have shape [B, {count}]; got {params.shape}")
+    return params
+
+
+def identity_theta(batch_size, dtype=tf.float32):
+    """``[batch_size, 2, 3]`` identity transforms: ``[[1, 0, 0], [0, 1, 0]]``.
+
+    Example:
+      >>> spatial_transformer_network(x, identity_theta(tf.shape(x)[0]))   # == x
+    """
+    eye = tf.eye(2, 3, dtype=dtype)
+    return tf.tile(eye[None], tf.stack([batch_size, 1, 1]))
+
+
+def affine_theta(params):
+    """General affine: ``params`` [B, 6] row-major -> theta [B, 2, 3].
+
+    Identity parameters: ``(1, 0, 0, 0, 1, 0)``.
+    """
+    return tf.reshape(_params(params, "params", 6), [-1, 2, 3])
+
+
+def attention_theta(params):
+    """Attention (isotropic scale + translation), the seed README's constrained form.
+
+    ``params`` [B, 3] = (s, tx, ty) -> ``[[s, 0, tx], [0, s, ty]]`` [B, 2, 3].
+    ``s < 1`` zooms in on a window of half-size ``s`` centred at (tx, ty),
+    in normalised units. Identity parameters: ``(1, 0, 0)``.
+
+    Example:
+      >>> theta = attention_theta([[0.5, 0.5, -0.5]])  # top-right quarter
+    """
+    params = _params(params, "params", 3)
+    s, tx, ty = tf.unstack(params, axis=-1)
+    zero = tf.zeros_like(s)
+    return tf.reshape(tf.stack([s, zero, tx, zero, s, ty], axis=-1), [-1, 2, 3])
+
+
+def similarity_theta(params):
+    """Similarity (scale, rotation, translation).
+
+    ``params`` [B, 4] = (s, angle, tx, ty) -> ``s * R(angle)`` with
+    translation (tx, ty): ``[[s cos, -s sin, tx], [s sin, s cos, ty]]``.
+    Since theta maps output to input coordinates and y points down, the
+    warped content turns *anticlockwise* on screen by ``angle`` radians.
+    Identity parameters: ``(1, 0, 0, 0)``.
+    """
+    params = _params(params, "params", 4)
+    s, angle, tx, ty = tf.unstack(params, axis=-1)
+    c = s * tf.cos(angle)
+    n = s * tf.sin(angle)
+    return tf.reshape(tf.stack([c, -n, tx, n, c, ty], axis=-1), [-1, 2, 3])
+
+
+def rotation_theta(angle, scale=1.0, translation=(0.0, 0.0)):
+    """Rotation about the image centre by ``angle`` radians ([B] or scalar).
+
+    The output shows the input turned anticlockwise on screen by ``angle``
+    (see ``similarity_theta``). Returns [B, 2, 3] ([1, 2, 3] for a scalar).
+
+    Example:
+      >>> out = spatial_transformer_network(img, rotation_theta(tf.fill([B], np.pi / 4)))
+    """
+    angle = _as_float(angle, "angle")
+    angle = tf.reshape(angle, [-1])
+    scale = tf.cast(scale, angle.dtype) * tf.ones_like(angle)
+    tx = tf.cast(translation[0], angle.dtype) * tf.ones_like(angle)
+    ty = tf.cast(translation[1], angle.dtype) * tf.ones_like(angle)
+    return similarity_theta(tf.stack([scale, angle, tx, ty], axis=-1))
+
+
+def affine_diffeomorphic_theta(params):
+    """Affine diffeomorphic transform: the matrix exponential of an affine generator.
+
+    ``params`` [B, 6] = (a, b, c, d, e, f) -> top two rows of
+    ``expm([[a, b, c], [d, e, f], [0, 0, 0]])`` [B, 2, 3]. Always invertible
+    (its inverse is ``expm(-A)``), so the warp never folds or collapses the
+    image (Detlefsen et al., CVPR 2018; seed 004). Identity parameters: zeros.
+    """
+    params = _params(params, "params", 6)
+    generator = tf.concat([tf.reshape(params, [-1, 2, 3]),
+                           tf.zeros_like(params[:, None, :3])], axis=1)
+    return tf.linalg.expm(generator)[:, :2, :]
+
+
+def projective_theta(params):
+    """Projective transform (homography): ``params`` [B, 8] -> [B, 3, 3], h22 = 1.
+
+    Maps output (x, y) to input ``((h00 x + h01 y + h02) / w, (h10 x + h11 y + h12) / w)``
+    with ``w = h20 x + h21 y + 1``. Identity parameters: ``(1, 0, 0, 0, 1, 0, 0, 0)``.
+    """
+    params = _params(params, "params", 8)
+    return tf.reshape(tf.concat([params, tf.ones_like(params[:, :1])], axis=1), [-1, 3, 3])
+
+
+def _homogeneous(theta, name):
+    matrix, projective = _theta_matrix(theta, name)
+    if projective:
+        return matrix, True
+    last = tf.tile(tf.constant([[[0.0, 0.0, 1.0]]], matrix.dtype), [tf.shape(matrix)[0], 1, 1])
+    return tf.concat([matrix, last], axis=1), False
+
+
+def invert_affine(theta):
+    """Inverse transform: warping by theta then by its inverse restores the image.
+
+    ``theta`` [B, 2, 3] / [B, 6] gives [B, 2, 3]; a projective [B, 3, 3] /
+    [B, 8] gives [B, 3, 3] (normalised so h22 = 1).
+    """
+    matrix, projective = _homogeneous(theta, "theta")
+    inverse = tf.linalg.inv(matrix)
+    if projective:
+        return inverse / inverse[:, 2:3, 2:3]
+    return inverse[:, :2, :]
+
+
+def compose_affine(first, second):
+    """One transform equal to warping by ``first`` and then by ``second``.
+
+    Warping by ``first`` gives ``o1(p) = img(A p)``; warping that by
+    ``second`` gives ``o2(p) = o1(B p) = img(A B p)``: the product ``A @ B``
+    in homogeneous form (up to resampling and borders). Affine inputs give
+    [B, 2, 3]; if either is projective the result is [B, 3, 3].
+    """
+    a, pa = _homogeneous(first, "first")
+    b, pb = _homogeneous(second, "second")
+    product = tf.matmul(a, tf.cast(b, a.dtype))
+    if pa or pb:
+        return product / product[:, 2:3, 2:3]
+    return product[:, :2, :]
+
+
+class AffineWarpConstraints:
+    """Fixes some entries of the 2x3 affine matrix and learns the rest.
+
+    In the spirit of Sonnet 1's ``AffineWarpConstraints``: ``constraints``
+    is a 2x3 nested sequence whose entries are a number (fixed) or ``None``
+    (free). ``theta(params)`` fills the free entries, row-major, from
+    ``params`` [B, num_free_params].
+
+    Example:
+      >>> c = AffineWarpConstraints.translation_only()   # [[1, 0, None], [0, 1, None]]
+      >>> theta = c.theta(tf.zeros([4, c.num_free_params]))   # identity
+    """
+
+    def __init__(self, constraints=((None,) * 3,) * 2):
+        rows = [list(r) for r in constraints]
+        if len(rows) != 2 or any(len(r) != 3 for r in rows):
+            raise ValueError(f"constraints must be 2x3 (numbers or None); got {constraints!r}")
+        for r in rows:
+            for v in r:
+                if v is not None and not isinstance(v, (int, float, np.number)):
+                    raise ValueError(f"constraints entries must be numbers or None; got {v!r}")
+        self.constraints = tuple(tuple(r) for r in rows)
+        flat = [v for r in rows for v in r]
+        self._free = [i for i, v in enumerate(flat) if v is None]
+        self._fixed = [0.0 if v is None else float(v) for v in flat]
+
+    @property
+    def num_free_params(self):
+        return len(self._free)
+
+    @property
+    def identity_params(self):
+        """Free-parameter values giving the identity transform."""
+        eye = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        return [eye[i] for i in self._free]
+
+    def theta(self, params):
+        """``params`` [B, num_free_params] -> theta [B, 2, 3]."""
+        params = _params(params, "params", self.num_free_params)
+        batch = tf.shape(params)[0]
+        columns = []
+        free = iter(range(self.num_free_params))
+        for i in range(6):
+            if i in self._free:
+                columns.append(params[:, next(free)])
+            else:
+                columns.append(tf.fill([batch], tf.cast(self._fixed[i], params.dtype)))
+        return tf.reshape(tf.stack(columns, axis=-1), [-1, 2, 3])
+
+    @classmethod
+    def no_constraints(cls):
+        return cls(((None, None, None), (None, None, None)))
+
+    @classmethod
+    def translation_only(cls):
+        return cls(((1.0, 0.0, None), (0.0, 1.0, None)))
+
+    @classmethod
+    def scale_only(cls):
+        return cls(((None, 0.0, 0.0), (0.0, None, 0.0)))
+
+    @classmethod
+    def shear_only(cls):
+        return cls(((1.0, None, 0.0), (None, 1.0, 0.0)))
+
+    @classmethod
+    def no_shear(cls):
+        return cls(((None, 0.0, None), (0.0, None, None)))
+
+    def __repr__(self):
+        return f"AffineWarpConstraints({self.constraints!r})"
+
+
+# name -> (number of parameters, identity parameters, params -> theta)
+TRANSFORMS = {
+    "affine": (6, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), affine_theta),
+    "attention": (3, (1.0, 0.0, 0.0), attention_theta),
+    "similarity": (4, (1.0, 0.0, 0.0, 0.0), similarity_theta),
+    "diffeomorphic": (6, (0.0,) * 6, affine_diffeomorphic_theta),
+    "projective": (8, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0), projective_theta),
+}
+
+
+def transform_theta(transform, params):
+    """theta from ``params`` [B, k] for a transform family named in ``TRANSFORMS``."""
+    _check_option("transform", transform, tuple(TRANSFORMS))
+    return TRANSFORMS[transform][2](params)
