@@ -25,6 +25,8 @@ import platform
 import sys
 import time
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 import numpy as np
 import tensorflow as tf
 
@@ -218,6 +220,33 @@ def run(cfg, argv=None):
         return _run(cfg, argv)
 
 
+def _code_versions():
+    """git HEAD and the blob hashes of the code a run used (for provenance)."""
+    import hashlib
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    files = ["stn.py", "coordconv.py", "coordconv_snt.py"] + sorted(
+        os.path.join("experiments", f) for f in os.listdir(os.path.join(root, "experiments"))
+        if f.endswith(".py"))
+    out = {}
+    for f in files:
+        try:
+            with open(os.path.join(root, f), "rb") as fh:
+                blob = fh.read()
+            out[f] = hashlib.sha1(b"blob %d\0" % len(blob) + blob).hexdigest()  # = git hash-object
+        except OSError:
+            pass
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=10).stdout.strip() or None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--"] + list(out), cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.split("\n")
+        dirty = [line[3:] for line in dirty if line.strip()]
+    except (OSError, subprocess.SubprocessError):
+        head, dirty = None, None
+    return dict(git_head=head, uncommitted=dirty, blobs=out)
+
+
 def _run(cfg, argv):
     out = cfg.out or os.path.join("experiments", "runs", time.strftime("%Y%m%d-%H%M%S"))
     os.makedirs(out, exist_ok=True)
@@ -228,6 +257,10 @@ def _run(cfg, argv):
     _log(cfg, f"data: {info['train']} train / {info['test']} test images of "
               f"{info['image_size']}x{info['image_size']} (from {info['source_train']} / "
               f"{info['source_test']} source digits), {time.time() - t0:.1f} s")
+    code = _code_versions()
+    if code["uncommitted"]:
+        _log(cfg, f"note: uncommitted changes in {', '.join(code['uncommitted'])} "
+                  "(recorded in results.json)")
     devices = [d.name for d in tf.config.list_logical_devices()]
     _log(cfg, f"devices: {', '.join(devices)}; writing to {out}")
     results, warped_by_variant = [], {}
@@ -246,7 +279,8 @@ def _run(cfg, argv):
         environment=dict(python=platform.python_version(), tensorflow=tf.__version__,
                          numpy=np.__version__, devices=devices,
                          command=" ".join(["python -m experiments.stn_classify"] +
-                                          list(argv if argv is not None else sys.argv[1:]))),
+                                          list(argv if argv is not None else sys.argv[1:])),
+                         code=code),
         total_seconds=time.time() - t0)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(doc, f, indent=1)
