@@ -298,3 +298,20 @@ def test_num_coord_channels():
     assert coordconv.num_coord_channels(3, True) == 4
     with pytest.raises(ValueError, match="num_spatial_dims"):
         coordconv.num_coord_channels(4)
+
+
+def test_docstring_examples_run():
+    import doctest
+    res = doctest.testmod(coordconv, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert res.attempted >= 8 and res.failed == 0
+
+
+def test_keras_lambda_coordconv_layer():
+    keras = pytest.importorskip("keras")
+    inp = keras.Input((None, None, 1))
+    out = keras.layers.Conv2D(2, 1, use_bias=False)(keras.layers.Lambda(coordconv.add_coords)(inp))
+    model = keras.Model(inp, out)
+    x = _rand((2, 3, 5, 1))
+    kernel = model.layers[-1].kernel.numpy()          # [1, 1, 3, 2]
+    want = np.einsum("bhwc,co->bhwo", ref_add_coords(x), kernel[0, 0])
+    np.testing.assert_allclose(model(x).numpy(), want, rtol=1e-5, atol=1e-6)

@@ -167,3 +167,9 @@ def test_call_wrong_rank():
 
 def test_module_exports():
     assert set(coordconv_snt.__all__) == {"CoordConv1D", "CoordConv2D", "CoordConv3D"}
+
+
+def test_docstring_examples_run():
+    import doctest
+    res = doctest.testmod(coordconv_snt, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert res.attempted >= 4 and res.failed == 0
