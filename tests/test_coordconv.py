@@ -315,3 +315,33 @@ def test_keras_lambda_coordconv_layer():
     kernel = model.layers[-1].kernel.numpy()          # [1, 1, 3, 2]
     want = np.einsum("bhwc,co->bhwo", ref_add_coords(x), kernel[0, 0])
     np.testing.assert_allclose(model(x).numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- properties
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(b=st.integers(0, 3), h=st.integers(1, 9), w=st.integers(1, 9), c=st.integers(1, 3),
+       with_r=st.booleans(), align=st.booleans())
+def test_add_coords_invariants(b, h, w, c, with_r, align):
+    x = np.random.default_rng(h * 31 + w).normal(size=(b, h, w, c)).astype(np.float32)
+    out = coordconv.add_coords(x, with_r=with_r, align_corners=align).numpy()
+    assert out.shape == (b, h, w, c + 2 + with_r)
+    np.testing.assert_array_equal(out[..., :c], x)                # passthrough
+    if b == 0:
+        return
+    xs, ys = out[0, ..., c], out[0, ..., c + 1]
+    np.testing.assert_allclose(xs, -xs[:, ::-1], atol=1e-6)         # antisymmetric about the centre
+    np.testing.assert_allclose(ys, -ys[::-1, :], atol=1e-6)
+    if h == w:
+        np.testing.assert_allclose(xs.T, ys, atol=1e-6)             # square: y is x transposed
+    assert np.all(np.abs(xs) <= 1) and np.all(np.abs(ys) <= 1)
+    if align and w > 1:
+        assert xs[0, 0] == -1 and xs[0, -1] == 1                    # corner to corner
+    if w > 1:
+        assert np.all(np.diff(xs, axis=1) > 0)                      # increasing along the width
+    if with_r:
+        np.testing.assert_allclose(out[0, ..., -1] ** 2, xs ** 2 + ys ** 2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(out[-1, ..., c:], out[0, ..., c:])  # same for every batch item

@@ -173,3 +173,13 @@ def test_docstring_examples_run():
     import doctest
     res = doctest.testmod(coordconv_snt, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert res.attempted >= 4 and res.failed == 0
+
+
+def test_saved_model_round_trip(tmp_path):
+    mod = CoordConv2D(3, 3, with_r=True)
+    mod(tf.zeros([1, 4, 4, 2]))
+    mod.serve = tf.function(mod.__call__, input_signature=[tf.TensorSpec([None, None, None, 2])])
+    tf.saved_model.save(mod, str(tmp_path))
+    loaded = tf.saved_model.load(str(tmp_path))
+    x = _rand((2, 5, 7, 2))
+    np.testing.assert_allclose(loaded.serve(x).numpy(), mod(x).numpy(), rtol=1e-6, atol=1e-6)
