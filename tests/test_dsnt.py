@@ -1,0 +1,562 @@
+"""dsnt.py against independent NumPy references (and dsntnn when installed).
+
+The NumPy references below are written directly from the definitions
+(2-D Gaussians in pixel units, np.linspace pixel centres, KL as a sum of
+p log p / q), not from dsnt.py's separable/vectorised formulation.
+"""
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import dsnt
+
+EPS = 1e-24
+FWHM_PER_SIGMA = 2 * math.sqrt(2 * math.log(2))
+RNG = np.random.default_rng(1234)
+
+
+# --------------------------------------------------------------------------
+# NumPy references (channels-last [B, H, W, K], coords [B, K, 2] (x, y))
+# --------------------------------------------------------------------------
+
+def np_centres(n):
+    return np.linspace(-1 + 1 / n, 1 - 1 / n, n)
+
+
+def np_rectify(x, method):
+    x = np.asarray(x, np.float64)
+    if method == "softmax":
+        e = np.exp(x - x.max(axis=(1, 2), keepdims=True))
+    elif method == "relu":
+        e = np.maximum(x, 0)
+    elif method == "abs":
+        e = np.abs(x)
+    elif method == "sigmoid":
+        e = 1 / (1 + np.exp(-x))
+    else:
+        return x
+    return e / e.sum(axis=(1, 2), keepdims=True)
+
+
+def np_coords(p):
+    _, h, w, _ = p.shape
+    xs = np_centres(w)[None, None, :, None]
+    ys = np_centres(h)[None, :, None, None]
+    return np.stack([(p * xs).sum((1, 2)), (p * ys).sum((1, 2))], axis=-1)
+
+
+def np_gauss(centres, h, w, sigma, normalize=True):
+    """Direct 2-D Gaussian in pixel units; centres [B, K, 2] normalised."""
+    cx = ((centres[..., 0] + 1) * w - 1) / 2   # [B, K] pixels
+    cy = ((centres[..., 1] + 1) * h - 1) / 2
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    d2 = (xx[None, :, :, None] - cx[:, None, None, :]) ** 2 + \
+         (yy[None, :, :, None] - cy[:, None, None, :]) ** 2
+    g = np.exp(-d2 / (2 * sigma ** 2))
+    if normalize:
+        g = g / (g.sum(axis=(1, 2), keepdims=True) + EPS)
+    return g
+
+
+def np_kl(p, q):
+    return (p * (np.log(p + EPS) - np.log(q + EPS))).sum(axis=(1, 2))
+
+
+def np_js(p, q):
+    m = (p + q) / 2
+    return 0.5 * np_kl(p, m) + 0.5 * np_kl(q, m)
+
+
+def np_variance_loss(p, sigma):
+    _, h, w, _ = p.shape
+    out = 0
+    for axis, n in ((1, w), (2, h)):
+        marg = p.sum(axis=axis)                    # [B, n, K]
+        v = np_centres(n)[None, :, None]
+        mu = (marg * v).sum(1, keepdims=True)
+        var = (marg * (v - mu) ** 2).sum(1) * (n / 2) ** 2
+        out = out + (var - sigma ** 2) ** 2
+    return out
+
+
+def rand_heatmaps(b=3, h=5, w=7, k=2):
+    return np_rectify(RNG.normal(size=(b, h, w, k)), "softmax")
+
+
+# --------------------------------------------------------------------------
+# convention
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [1, 2, 4, 7])
+def test_normalized_linspace_is_pixel_centres(n):
+    np.testing.assert_allclose(dsnt.normalized_linspace(n).numpy(), np_centres(n), atol=1e-7)
+    assert dsnt.normalized_linspace(n, tf.float64).dtype == tf.float64
+
+
+def test_pixel_normalized_conversions_known_values_and_round_trip():
+    # size is (height, width), coords (x, y): x uses width 8, y height 4.
+    px = np.array([[0.0, 0.0], [7.0, 3.0], [3.5, 1.5], [-0.5, -0.5]], np.float32)
+    want = np.array([[-0.875, -0.75], [0.875, 0.75], [0.0, 0.0], [-1.0, -1.0]])
+    norm = dsnt.pixel_to_normalized_coordinates(px, (4, 8))
+    np.testing.assert_allclose(norm.numpy(), want, atol=1e-7)
+    back = dsnt.normalized_to_pixel_coordinates(norm, (4, 8))
+    np.testing.assert_allclose(back.numpy(), px, atol=1e-6)
+    # dynamic size tensor, float64 kept, int coords -> float32
+    got = dsnt.pixel_to_normalized_coordinates(px.astype(np.float64), tf.constant([4, 8]))
+    assert got.dtype == tf.float64
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-12)
+    assert dsnt.pixel_to_normalized_coordinates([[1, 1]], (2, 2)).dtype == tf.float32
+
+
+def test_fwhm_sigma():
+    assert dsnt.fwhm_to_sigma(FWHM_PER_SIGMA) == pytest.approx(1.0)
+    assert dsnt.sigma_to_fwhm(2.0) == pytest.approx(2 * FWHM_PER_SIGMA)
+
+
+# --------------------------------------------------------------------------
+# dsnt values and shapes
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["softmax", "relu", "abs", "sigmoid"])
+def test_dsnt_multi_point_matches_numpy(method):
+    x = RNG.normal(size=(3, 5, 7, 4)).astype(np.float32) * 2
+    h, c = dsnt.dsnt(x, method=method)
+    assert h.shape == (3, 5, 7, 4) and c.shape == (3, 4, 2)
+    p = np_rectify(x, method)
+    np.testing.assert_allclose(h.numpy(), p, atol=2e-7)
+    np.testing.assert_allclose(c.numpy(), np_coords(p), atol=3e-7)
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 5), (2, 6, 5, 1)])
+def test_dsnt_single_point_gives_seed_shapes(shape):
+    x = RNG.normal(size=shape).astype(np.float32)
+    h, c = dsnt.dsnt(x)
+    assert h.shape == (2, 6, 5) and c.shape == (2, 2)
+    p = np_rectify(x.reshape(2, 6, 5, 1), "softmax")
+    np.testing.assert_allclose(h.numpy(), p[..., 0], atol=2e-7)
+    np.testing.assert_allclose(c.numpy(), np_coords(p)[:, 0], atol=3e-7)
+
+
+def test_normalize_heatmaps_keeps_shape():
+    x = RNG.normal(size=(2, 3, 4, 1)).astype(np.float32)
+    h = dsnt.normalize_heatmaps(x, method="sigmoid")
+    assert h.shape == x.shape
+    np.testing.assert_allclose(h.numpy(), np_rectify(x, "sigmoid"), atol=2e-7)
+
+
+@pytest.mark.parametrize("row,col", [(0, 0), (3, 8), (1, 5), (2, 0)])
+def test_delta_heatmap_gives_pixel_centre(row, col):
+    h, w = 4, 9
+    delta = np.zeros([1, h, w], np.float32)
+    delta[0, row, col] = 1
+    want = [(2 * col + 1) / w - 1, (2 * row + 1) / h - 1]
+    np.testing.assert_allclose(dsnt.dsnt(delta, method="none")[1].numpy()[0], want, atol=1e-7)
+    np.testing.assert_allclose(dsnt.heatmap_coords(delta).numpy()[0], want, atol=1e-7)
+    # huge logits are a delta after softmax; relu too
+    logits = np.where(delta > 0, 1e30, -1e30).astype(np.float32)
+    for method in ("softmax", "relu"):
+        hm, c = dsnt.dsnt(logits, method=method)
+        np.testing.assert_allclose(c.numpy()[0], want, atol=1e-7)
+        np.testing.assert_allclose(hm.numpy(), delta, atol=0)
+
+
+def test_all_zero_relu_is_uniform_with_finite_gradient():
+    x = tf.zeros([2, 3, 5, 2])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        h, c = dsnt.dsnt(x, method="relu")
+        loss = tf.reduce_sum(c) + tf.reduce_sum(h * h)
+    g = tape.gradient(loss, x)
+    np.testing.assert_allclose(h.numpy(), np.full([2, 3, 5, 2], 1 / 15), atol=1e-7)
+    np.testing.assert_allclose(c.numpy(), np.zeros([2, 2, 2]), atol=1e-7)
+    assert np.all(np.isfinite(g.numpy()))
+
+
+def test_relu_overflow_safe():
+    x = np.zeros([1, 2, 2], np.float32)
+    x[0, 0, 0] = x[0, 1, 1] = 3e38        # the sum overflows float32
+    h, c = dsnt.dsnt(x, method="relu")
+    np.testing.assert_allclose(h.numpy()[0], [[0.5, 0], [0, 0.5]], atol=1e-7)
+    np.testing.assert_allclose(c.numpy()[0], [0, 0], atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype,atol", [(tf.float16, 2e-3), (tf.bfloat16, 1.6e-2),
+                                        (tf.float64, 1e-12)])
+def test_dtypes_kept(dtype, atol):
+    x = RNG.normal(size=(2, 6, 6, 3))
+    t = RNG.uniform(-0.8, 0.8, size=(2, 3, 2))
+    xt = tf.cast(x, dtype)
+    h, c = dsnt.dsnt(xt)
+    assert h.dtype == dtype and c.dtype == dtype
+    p = np_rectify(tf.cast(xt, tf.float64).numpy(), "softmax")
+    np.testing.assert_allclose(tf.cast(c, tf.float64).numpy(), np_coords(p), atol=atol)
+    js = dsnt.js_reg_loss(h, tf.cast(t, dtype), fwhm=2.0)
+    assert js.dtype == dtype
+    want = np_js(tf.cast(h, tf.float64).numpy(), np_gauss(t, 6, 6, 2.0 / FWHM_PER_SIGMA)).mean()
+    assert float(js) == pytest.approx(want, abs=10 * atol)
+
+
+def test_integer_input_becomes_float32():
+    x = np.zeros([1, 3, 3], np.int32)
+    x[0, 2, 1] = 50
+    h, c = dsnt.dsnt(x)
+    assert h.dtype == tf.float32 and c.dtype == tf.float32
+    np.testing.assert_allclose(c.numpy()[0], [0, 2 / 3], atol=1e-6)
+
+
+def test_empty_batch():
+    h, c = dsnt.dsnt(tf.zeros([0, 4, 4, 3]))
+    assert h.shape == (0, 4, 4, 3) and c.shape == (0, 3, 2)
+    assert float(dsnt.js_reg_loss(h, tf.zeros([0, 3, 2]))) == 0.0
+    assert float(dsnt.euclidean_loss(c, tf.zeros([0, 3, 2]))) == 0.0
+
+
+# --------------------------------------------------------------------------
+# Gaussians and regularisers
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fwhm", [0.5, 1.0, 3.0])
+def test_make_gauss_matches_2d_reference(fwhm):
+    c = RNG.uniform(-1.2, 1.2, size=(3, 2, 2))
+    sigma = fwhm / FWHM_PER_SIGMA
+    g = dsnt.make_gauss(c, (6, 9), fwhm=fwhm)
+    assert g.shape == (3, 6, 9, 2) and g.dtype == tf.float64
+    np.testing.assert_allclose(g.numpy(), np_gauss(c, 6, 9, sigma), atol=1e-12)
+    g1 = dsnt.make_gauss(c[:, 0].astype(np.float32), (6, 9), fwhm=fwhm, normalize=False)
+    assert g1.shape == (3, 6, 9)
+    np.testing.assert_allclose(g1.numpy(), np_gauss(c[:, :1], 6, 9, sigma, False)[..., 0],
+                               atol=1e-6)
+
+
+def test_make_gauss_far_outside_is_zero_not_nan():
+    g = dsnt.make_gauss([[50.0, 50.0]], (4, 4), fwhm=1.0)
+    np.testing.assert_array_equal(g.numpy(), np.zeros([1, 4, 4]))
+
+
+@pytest.mark.parametrize("fwhm", [1.0, 2.5])
+@pytest.mark.parametrize("loss,ref", [("js", np_js), ("kl", np_kl)])
+def test_divergences_match_numpy(loss, ref, fwhm):
+    p = rand_heatmaps(3, 5, 7, 2)
+    t = RNG.uniform(-1, 1, size=(3, 2, 2))
+    want = ref(p, np_gauss(t, 5, 7, fwhm / FWHM_PER_SIGMA))           # [B, K]
+    f = getattr(dsnt, f"{loss}_reg_loss")
+    got = f(p, t, fwhm=fwhm, reduction="none")
+    assert got.shape == (3, 2)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-9, atol=1e-12)
+    assert float(f(p, t, fwhm=fwhm)) == pytest.approx(want.mean(), rel=1e-9)
+    assert float(f(p, t, fwhm=fwhm, reduction="sum")) == pytest.approx(want.sum(), rel=1e-9)
+    # single point: [B, H, W] with [B, 2], and [B, H, W, 1] with [B, 2]
+    single = f(p[..., 0], t[:, 0], fwhm=fwhm, reduction="none")
+    assert single.shape == (3,)
+    np.testing.assert_allclose(single.numpy(), want[:, 0], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(f(p[..., :1], t[:, 0], fwhm=fwhm, reduction="none").numpy(),
+                               want[:, 0], rtol=1e-9, atol=1e-12)
+
+
+def test_js_of_matching_gaussian_is_zero_and_bounded():
+    t = np.array([[0.1, -0.2]])
+    g = dsnt.make_gauss(t, (8, 8), fwhm=2.0)
+    assert float(dsnt.js_reg_loss(g, t, fwhm=2.0)) == pytest.approx(0.0, abs=1e-6)
+    far = dsnt.make_gauss(np.array([[-0.9, -0.9]]), (8, 8), fwhm=1.0)
+    assert float(dsnt.js_reg_loss(far, np.array([[0.9, 0.9]]), fwhm=1.0)) == \
+        pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_variance_loss_matches_numpy():
+    p = rand_heatmaps(2, 6, 9, 3)
+    got = dsnt.variance_reg_loss(p, fwhm=2.0, reduction="none")
+    want = np_variance_loss(p, 2.0 / FWHM_PER_SIGMA)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-10)
+    assert float(dsnt.variance_reg_loss(p[..., 0], fwhm=2.0)) == pytest.approx(want[:, 0].mean())
+
+
+def test_masks_follow_average_loss_semantics():
+    p = rand_heatmaps(3, 5, 5, 2)
+    t = RNG.uniform(-1, 1, size=(3, 2, 2))
+    mask = np.array([[1, 0], [1, 1], [0, 0]], bool)
+    per = np_js(p, np_gauss(t, 5, 5, 1 / FWHM_PER_SIGMA))
+    want = (per * mask).sum() / mask.sum()
+    assert float(dsnt.js_reg_loss(p, t, mask=mask)) == pytest.approx(want, rel=1e-9)
+    # absent points may carry garbage targets: no NaN leaks through
+    t_nan = t.copy()
+    t_nan[~mask] = np.nan
+    assert float(dsnt.js_reg_loss(p, t_nan, mask=mask)) == pytest.approx(want, rel=1e-9)
+    got = dsnt.euclidean_loss(np.zeros((3, 2, 2)), t_nan, mask=mask, reduction="none")
+    np.testing.assert_allclose(got.numpy(), np.linalg.norm(t, axis=-1) * mask)
+    # fractional weights and an all-zero mask
+    w = np.array([[0.5, 0], [1, 2], [0, 0]])
+    assert float(dsnt.average_loss(per, w)) == pytest.approx((per * w).sum() / w.sum())
+    assert float(dsnt.average_loss(per, np.zeros_like(w))) == 0.0
+    assert float(dsnt.average_loss(per)) == pytest.approx(per.mean())
+
+
+def test_coordinate_losses_match_numpy_and_tf1_mse():
+    c = RNG.normal(size=(4, 3, 2)).astype(np.float32)
+    t = RNG.normal(size=(4, 3, 2)).astype(np.float32)
+    d = c.astype(np.float64) - t
+    np.testing.assert_allclose(dsnt.euclidean_loss(c, t, reduction="none").numpy(),
+                               np.sqrt((d ** 2).sum(-1)), rtol=1e-6)
+    np.testing.assert_allclose(dsnt.mse_loss(c, t, reduction="none").numpy(),
+                               (d ** 2).mean(-1), rtol=1e-6)
+    np.testing.assert_allclose(dsnt.l1_loss(c, t, reduction="none").numpy(),
+                               np.abs(d).mean(-1), rtol=1e-6)
+    assert float(dsnt.mse_loss(c, t)) == pytest.approx(
+        float(tf.compat.v1.losses.mean_squared_error(t, c)), rel=1e-6)
+    assert float(dsnt.euclidean_loss(c[:, 0], t[:, 0])) == \
+        pytest.approx(np.sqrt((d[:, 0] ** 2).sum(-1)).mean(), rel=1e-6)
+
+
+# --------------------------------------------------------------------------
+# gradients (numerical, float64)
+# --------------------------------------------------------------------------
+
+def _check_grad(f, *args, atol=1e-6):
+    theoretical, numerical = tf.test.compute_gradient(tf.function(f),
+                                                      [tf.constant(a) for a in args])
+    for th, nu in zip(theoretical, numerical):
+        np.testing.assert_allclose(th, nu, atol=atol, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["softmax", "relu", "abs", "sigmoid"])
+def test_dsnt_gradient(method):
+    x = RNG.normal(size=(2, 3, 4, 2))
+    x = np.where(np.abs(x) < 0.1, 0.5, x)    # keep relu/abs away from their kinks
+    _check_grad(lambda v: dsnt.dsnt(v, method=method)[1], x)
+    _check_grad(lambda v: dsnt.dsnt(v, method=method)[0], x)
+
+
+@pytest.mark.parametrize("loss", ["js", "kl"])
+def test_divergence_gradient_wrt_heatmaps_and_centres(loss):
+    logits = RNG.normal(size=(2, 4, 5, 2))
+    t = RNG.uniform(-0.8, 0.8, size=(2, 2, 2))
+    f = getattr(dsnt, f"{loss}_reg_loss")
+    _check_grad(lambda v, c: f(dsnt.dsnt(v)[0], c, fwhm=2.0, reduction="none"), logits, t)
+
+
+def test_other_gradients():
+    p = rand_heatmaps(2, 4, 5, 2)
+    _check_grad(lambda v: dsnt.variance_reg_loss(v, fwhm=1.5, reduction="none"), p, atol=1e-5)
+    c = RNG.normal(size=(3, 2, 2))
+    t = RNG.normal(size=(3, 2, 2))
+    _check_grad(lambda a: dsnt.euclidean_loss(a, t), c)
+    _check_grad(lambda a: dsnt.mse_loss(a, t), c)
+    _check_grad(lambda a: dsnt.make_gauss(a, (4, 5), fwhm=2.0), c * 0.5)
+
+
+def test_euclidean_gradient_at_zero_distance_is_zero():
+    c = tf.zeros([2, 2])
+    with tf.GradientTape() as tape:
+        tape.watch(c)
+        loss = dsnt.euclidean_loss(c, tf.zeros([2, 2]))
+    np.testing.assert_array_equal(tape.gradient(loss, c).numpy(), np.zeros([2, 2]))
+
+
+# --------------------------------------------------------------------------
+# compatibility matrix: tf.function, TF1 graph + Session, XLA
+# --------------------------------------------------------------------------
+
+def _pipeline(x, t):
+    h, c = dsnt.dsnt(x)
+    return c, dsnt.euclidean_loss(c, t) + dsnt.js_reg_loss(h, t, fwhm=2.0) \
+        + dsnt.variance_reg_loss(h, fwhm=2.0)
+
+
+def _pipeline_ref(x, t):
+    p = np_rectify(x, "softmax")
+    c = np_coords(p)
+    sigma = 2.0 / FWHM_PER_SIGMA
+    loss = np.linalg.norm(c - t, axis=-1).mean() + np_js(p, np_gauss(t, *x.shape[1:3], sigma)).mean() \
+        + np_variance_loss(p, sigma).mean()
+    return c, loss
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7, 3), (3, 4, 4, 2)])
+def test_tf_function_unknown_dims(shape):
+    fn = tf.function(_pipeline, input_signature=[
+        tf.TensorSpec([None, None, None, None], tf.float32),
+        tf.TensorSpec([None, None, 2], tf.float32)])
+    x = RNG.normal(size=shape).astype(np.float32)
+    t = RNG.uniform(-1, 1, size=(shape[0], shape[3], 2)).astype(np.float32)
+    c, loss = fn(x, t)
+    c_ref, loss_ref = _pipeline_ref(x, t)
+    np.testing.assert_allclose(c.numpy(), c_ref, atol=3e-7)
+    assert float(loss) == pytest.approx(loss_ref, rel=1e-5)
+
+
+def test_jit_compile():
+    fn = tf.function(_pipeline, jit_compile=True)
+    x = RNG.normal(size=(2, 6, 5, 2)).astype(np.float32)
+    t = RNG.uniform(-1, 1, size=(2, 2, 2)).astype(np.float32)
+    c, loss = fn(x, t)
+    c_ref, loss_ref = _pipeline_ref(x, t)
+    np.testing.assert_allclose(c.numpy(), c_ref, atol=3e-7)
+    assert float(loss) == pytest.approx(loss_ref, rel=1e-5)
+
+
+def test_tf1_graph_unknown_dims_session():
+    x = RNG.normal(size=(2, 6, 5, 3)).astype(np.float32)
+    t = RNG.uniform(-1, 1, size=(2, 3, 2)).astype(np.float32)
+    with tf.Graph().as_default():
+        xp = tf.compat.v1.placeholder(tf.float32, [None, None, None, 3])
+        tp = tf.compat.v1.placeholder(tf.float32, [None, None, 2])
+        fwhm = tf.compat.v1.placeholder(tf.float32, [])
+        h, c = dsnt.dsnt(xp)
+        loss = dsnt.euclidean_loss(c, tp) + dsnt.js_reg_loss(h, tp, fwhm=fwhm) \
+            + dsnt.variance_reg_loss(h, fwhm=fwhm)
+        grad = tf.gradients(loss, xp)[0]
+        with tf.compat.v1.Session() as sess:
+            cv, lv, gv = sess.run([c, loss, grad], {xp: x, tp: t, fwhm: 2.0})
+            with pytest.raises(tf.errors.InvalidArgumentError, match="fwhm"):
+                sess.run(loss, {xp: x, tp: t, fwhm: -1.0})
+            with pytest.raises(tf.errors.InvalidArgumentError, match="centres"):
+                sess.run(loss, {xp: x, tp: t[:1], fwhm: 2.0})
+    c_ref, loss_ref = _pipeline_ref(x, t)
+    np.testing.assert_allclose(cv, c_ref, atol=3e-7)
+    assert lv == pytest.approx(loss_ref, rel=1e-5)
+    assert np.all(np.isfinite(gv)) and gv.shape == x.shape
+
+
+# --------------------------------------------------------------------------
+# the seed README snippets
+# --------------------------------------------------------------------------
+
+def test_seed_snippets_eager():
+    my_tensor = RNG.normal(size=(2, 8, 8, 1)).astype(np.float32)
+    norm_heatmaps, coords = dsnt.dsnt(my_tensor)
+    p = np_rectify(my_tensor, "softmax")
+    np.testing.assert_allclose(coords.numpy(), np_coords(p)[:, 0], atol=3e-7)
+    norm_heatmaps, coords = dsnt.dsnt(my_tensor, method='relu')
+    p = np_rectify(my_tensor, "relu")
+    np.testing.assert_allclose(norm_heatmaps.numpy(), p[..., 0], atol=2e-7)
+    np.testing.assert_allclose(coords.numpy(), np_coords(p)[:, 0], atol=3e-7)
+
+
+def test_seed_snippet_tf1_loss():
+    x = RNG.normal(size=(2, 8, 6, 1)).astype(np.float32)
+    tv = RNG.uniform(-1, 1, size=(2, 2)).astype(np.float32)
+    with tf.Graph().as_default():
+        my_tensor = tf.compat.v1.placeholder(tf.float32, [None, None, None, 1])
+        targets = tf.compat.v1.placeholder(tf.float32, [None, 2])
+        norm_heatmaps, coords = dsnt.dsnt(my_tensor)
+        # Coordinate regression loss
+        loss_1 = tf.compat.v1.losses.mean_squared_error(targets, coords)
+        # Regularization loss
+        loss_2 = dsnt.js_reg_loss(norm_heatmaps, targets, fwhm=3)
+        loss = loss_1 + loss_2
+        grad = tf.gradients(loss, my_tensor)[0]
+        with tf.compat.v1.Session() as sess:
+            l1, l2, lv, gv = sess.run([loss_1, loss_2, loss, grad], {my_tensor: x, targets: tv})
+    assert gv.shape == x.shape and np.all(np.isfinite(gv))
+    p = np_rectify(x, "softmax")
+    c = np_coords(p)[:, 0]
+    assert l1 == pytest.approx(((c - tv) ** 2).mean(), rel=1e-5)
+    want2 = np_js(p, np_gauss(tv[:, None], 8, 6, 3 / FWHM_PER_SIGMA)).mean()
+    assert l2 == pytest.approx(want2, rel=1e-5)
+    assert lv == pytest.approx(l1 + l2, rel=1e-6)
+
+
+# --------------------------------------------------------------------------
+# bad arguments
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda: dsnt.dsnt(tf.zeros([1, 4, 4]), method="soft"), ValueError, "method"),
+    (lambda: dsnt.dsnt(tf.zeros([1, 4, 4]), method=None), ValueError, "method"),
+    (lambda: dsnt.dsnt(tf.zeros([4, 4])), ValueError, "inputs.*rank 3 or 4"),
+    (lambda: dsnt.dsnt(tf.zeros([1, 4, 4, 1, 1])), ValueError, "inputs.*rank 3 or 4"),
+    (lambda: dsnt.dsnt(tf.zeros([1, 0, 4])), ValueError, "height"),
+    (lambda: dsnt.dsnt(["a"]), TypeError, "inputs"),
+    (lambda: dsnt.dsnt(tf.zeros([1, 4, 4], tf.complex64)), TypeError, "real-valued"),
+    (lambda: dsnt.js_reg_loss(tf.zeros([2, 4, 4, 3]), tf.zeros([2, 2])), ValueError,
+     r"centres.*\[batch, K, 2\]"),
+    (lambda: dsnt.js_reg_loss(tf.zeros([2, 4, 4, 3]), tf.zeros([2, 2, 2])), ValueError,
+     "centres"),
+    (lambda: dsnt.js_reg_loss(tf.zeros([2, 4, 4]), tf.zeros([3, 2])), ValueError, "centres"),
+    (lambda: dsnt.kl_reg_loss(tf.zeros([2, 4, 4]), tf.zeros([2, 3])), ValueError, "centres"),
+    (lambda: dsnt.js_reg_loss(tf.zeros([2, 4, 4]), tf.zeros([2, 2]), fwhm=0), ValueError,
+     "fwhm"),
+    (lambda: dsnt.js_reg_loss(tf.zeros([2, 4, 4]), tf.zeros([2, 2]), fwhm=tf.constant(-2.0)),
+     ValueError, "fwhm"),
+    (lambda: dsnt.variance_reg_loss(tf.zeros([2, 4, 4]), fwhm=float("nan")), ValueError,
+     "fwhm"),
+    (lambda: dsnt.make_gauss(tf.zeros([2, 2]), (4, 4), fwhm=-1), ValueError, "fwhm"),
+    (lambda: dsnt.make_gauss(tf.zeros([2, 3]), (4, 4)), ValueError, "centres"),
+    (lambda: dsnt.make_gauss(tf.zeros([2, 2]), (4, 4, 4)), ValueError, "size"),
+    (lambda: dsnt.js_reg_loss(tf.zeros([2, 4, 4]), tf.zeros([2, 2]), reduction="avg"),
+     ValueError, "reduction"),
+    (lambda: dsnt.js_reg_loss(tf.zeros([2, 4, 4]), tf.zeros([2, 2]), mask=tf.ones([3])),
+     ValueError, "mask"),
+    (lambda: dsnt.mse_loss(tf.zeros([2, 2]), tf.zeros([2, 3])), ValueError, "targets"),
+    (lambda: dsnt.pixel_to_normalized_coordinates(tf.zeros([2, 2]), (4, 4, 4)), ValueError,
+     "size"),
+    (lambda: dsnt.normalized_linspace(0), ValueError, "length"),
+])
+def test_bad_arguments_name_the_argument(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_unknown_rank_rejected_in_graph():
+    with tf.Graph().as_default():
+        x = tf.compat.v1.placeholder(tf.float32, None)
+        with pytest.raises(ValueError, match="statically known rank"):
+            dsnt.dsnt(x)
+
+
+# --------------------------------------------------------------------------
+# agreement with the authors' dsntnn (PyTorch), when installed
+# --------------------------------------------------------------------------
+
+def test_agrees_with_dsntnn():
+    torch = pytest.importorskip("torch")
+    dsntnn = pytest.importorskip("dsntnn")
+    B, H, W, K = 3, 7, 10, 2
+    x = RNG.normal(size=(B, H, W, K)).astype(np.float32) * 2
+    t = RNG.uniform(-1, 1, size=(B, K, 2)).astype(np.float32)
+    mask = np.array([[1, 0], [1, 1], [0, 1]], np.float32)
+    sigma = 1.3
+    xt = torch.tensor(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), requires_grad=True)
+    tt, mt = torch.tensor(t), torch.tensor(mask)
+    hp = dsntnn.flat_softmax(xt)
+    cp = dsntnn.dsnt(hp)
+    ref = {
+        "js": dsntnn.js_reg_losses(hp, tt, sigma), "kl": dsntnn.kl_reg_losses(hp, tt, sigma),
+        "var": dsntnn.variance_reg_losses(hp, sigma), "euc": dsntnn.euclidean_losses(cp, tt),
+        "mse": dsntnn.mse_losses(cp, tt), "l1": dsntnn.l1_losses(cp, tt)}
+    total_ref = sum(dsntnn.average_loss(v, mt) for v in ref.values())
+    total_ref.backward()
+
+    xv = tf.constant(x)
+    fwhm = dsnt.sigma_to_fwhm(sigma)
+    with tf.GradientTape() as tape:
+        tape.watch(xv)
+        h, c = dsnt.dsnt(xv)
+        ours = {
+            "js": dsnt.js_reg_loss(h, t, fwhm, reduction="none"),
+            "kl": dsnt.kl_reg_loss(h, t, fwhm, reduction="none"),
+            "var": dsnt.variance_reg_loss(h, fwhm, reduction="none"),
+            "euc": dsnt.euclidean_loss(c, t, reduction="none"),
+            "mse": dsnt.mse_loss(c, t, reduction="none"),
+            "l1": dsnt.l1_loss(c, t, reduction="none")}
+        total = tf.add_n([dsnt.average_loss(v, mask) for v in ours.values()])
+    grad = tape.gradient(total, xv)
+
+    np.testing.assert_allclose(h.numpy(), hp.detach().numpy().transpose(0, 2, 3, 1), atol=1e-7)
+    np.testing.assert_allclose(c.numpy(), cp.detach().numpy(), atol=5e-7)
+    for k, v in ref.items():
+        np.testing.assert_allclose(ours[k].numpy(), v.detach().numpy(), rtol=2e-6, atol=2e-6,
+                                   err_msg=k)
+    assert float(total) == pytest.approx(float(total_ref.detach()), rel=2e-6)
+    np.testing.assert_allclose(grad.numpy(), xt.grad.numpy().transpose(0, 2, 3, 1),
+                               rtol=1e-5, atol=2e-6)
+    g_ref = dsntnn.make_gauss(tt, (H, W), sigma).numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(dsnt.make_gauss(t, (H, W), fwhm).numpy(), g_ref, atol=2e-7)
+    for px in ([[0.0, 0.0]], [[9.0, 6.0]], [[2.5, 3.25]]):
+        np.testing.assert_allclose(
+            dsnt.pixel_to_normalized_coordinates(px, (H, W)).numpy(),
+            dsntnn.pixel_to_normalized_coordinates(torch.tensor(px), (H, W)).numpy(), atol=1e-7)
+        np.testing.assert_allclose(
+            dsnt.normalized_to_pixel_coordinates(px, (H, W)).numpy(),
+            dsntnn.normalized_to_pixel_coordinates(torch.tensor(px), (H, W)).numpy(), atol=1e-6)
