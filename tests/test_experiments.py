@@ -261,6 +261,10 @@ def test_smoke_run_all_default_variants(tmp_path):
         assert len(_tb_scalars(str(run_dir), "train/step_loss")) == 2    # 60 / 32 -> 2 steps
     for name in ("curves.png", "transforms.png", "summary.md"):
         assert (tmp_path / name).exists()
+    # the markdown report reads the same file
+    from experiments import report
+    md = report.report(str(tmp_path))
+    assert "| stn_coordconv |" in md and "seed 0 acc / NLL" in md
     # CoordConv localisation net: 2 extra input channels in each of 2 convs
     p = {r["variant"]: r["params"] for r in on_disk["runs"]}
     assert p["stn_coordconv"] - p["stn"] == 2 * 7 * 7 * 8 + 2 * 5 * 5 * 10

@@ -1,0 +1,69 @@
+"""Markdown report of one or more experiment output directories.
+
+    python -m experiments.report experiments/runs/main [more dirs ...]
+
+Prints, per directory: the command, the summary table (mean ± sample std over
+seeds), per-seed test accuracy / NLL, and Welch's t-test p-values of each
+variant's test NLL against a reference variant (default: baseline, and
+stn when present). Reads only results.json; no TensorFlow needed.
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+
+def _welch_p(a, b):
+    from scipy import stats
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def report(path, refs=("baseline", "stn")):
+    with open(os.path.join(path, "results.json")) as f:
+        doc = json.load(f)
+    # late import: summary_table lives with the experiment (imports TF lazily is not needed)
+    from experiments.stn_classify import summary_table
+    lines = [f"Command: `{doc['environment']['command']}`", "",
+             f"Data: {doc['data']['train']} train / {doc['data']['test']} test images, "
+             f"{doc['data']['image_size']}x{doc['data']['image_size']}, "
+             f"{doc['config']['epochs']} epochs, total {doc['total_seconds'] / 60:.1f} min "
+             f"on {', '.join(doc['environment']['devices'])}.", "",
+             summary_table(doc["summary"]), ""]
+    runs = doc["runs"]
+    variants = list(doc["summary"])
+    seeds = sorted({r["seed"] for r in runs})
+    lines.append("| variant | " + " | ".join(f"seed {s} acc / NLL" for s in seeds) + " |")
+    lines.append("| --- |" + " ---: |" * len(seeds))
+    for v in variants:
+        cells = []
+        for s in seeds:
+            r = [x for x in runs if x["variant"] == v and x["seed"] == s]
+            cells.append(f"{100 * r[0]['test_accuracy']:.2f} / {r[0]['test_nll']:.4f}" if r else "")
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    nll = {v: np.array([x["test_nll"] for x in runs if x["variant"] == v]) for v in variants}
+    tests = []
+    for ref in refs:
+        if ref in nll:
+            for v in variants:
+                if v != ref and not (ref == "stn" and v == "baseline"):
+                    tests.append(f"{v} vs {ref}: p = {_welch_p(nll[v], nll[ref]):.2g}")
+    if tests:
+        lines += ["", "Welch's t-test on test NLL over seeds: " + "; ".join(tests) + "."]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("dirs", nargs="+", help="experiment output directories (with results.json)")
+    args = p.parse_args(argv)
+    for d in args.dirs:
+        print(f"### {d}\n\n{report(d)}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
