@@ -289,6 +289,10 @@ def test_masks_follow_average_loss_semantics():
     w = np.array([[0.5, 0], [1, 2], [0, 0]])
     assert float(dsnt.average_loss(per, w)) == pytest.approx((per * w).sum() / w.sum())
     assert float(dsnt.average_loss(per, np.zeros_like(w))) == 0.0
+    # the denominator is clamped at 1 (dsntnn), also for small fractional weights
+    small = np.zeros_like(w)
+    small[0, 0] = 0.25
+    assert float(dsnt.average_loss(per, small)) == pytest.approx(per[0, 0] * 0.25)
     assert float(dsnt.average_loss(per)) == pytest.approx(per.mean())
 
 
