@@ -30,7 +30,7 @@ class Config:
     dataset: str = "digits"            # digits (bundled with scikit-learn) | mnist (local file)
     mnist_path: Optional[str] = None   # mnist.npz or IDX directory; default ~/.keras/datasets/mnist.npz
     image_size: int = 32               # square canvas, pixels
-    digit_size: Optional[int] = None   # undistorted digit box; default 0.625 / 0.875 of image_size
+    digit_size: Optional[int] = None   # undistorted digit box; default 0.625 image_size (digits), min(28, image_size) (mnist)
     rotation: float = 45.0             # +- degrees
     scale_min: float = 0.7
     scale_max: float = 1.2

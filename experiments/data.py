@@ -174,10 +174,11 @@ def build_dataset(cfg):
         images, labels = load_sklearn_digits()
         tr, te = stratified_split(rng, labels, cfg.test_fraction)
         (xs_tr, ys_tr), (xs_te, ys_te) = (images[tr], labels[tr]), (images[te], labels[te])
-        box_frac = 0.625      # the 8x8 digit fills its box, like MNIST's 20 px in 28
+        default_box = int(round(cfg.image_size * 0.625))   # the 8x8 digit fills its box,
+        # like MNIST's 20 px digit in its 28 px image
     elif cfg.dataset == "mnist":
         (xs_tr, ys_tr), (xs_te, ys_te) = load_mnist(cfg.mnist_path)
-        box_frac = 0.875      # the 28x28 MNIST image carries its own margin
+        default_box = min(28, cfg.image_size)  # native size; the image carries its own margin
     else:
         raise ValueError(f"dataset must be 'digits' or 'mnist', got {cfg.dataset!r}")
     if cfg.train_limit:
@@ -186,7 +187,7 @@ def build_dataset(cfg):
     if cfg.test_limit:
         keep = np.sort(rng.permutation(len(xs_te))[:cfg.test_limit])
         xs_te, ys_te = xs_te[keep], ys_te[keep]
-    box = cfg.digit_size or int(round(cfg.image_size * box_frac))
+    box = cfg.digit_size or default_box
     common = dict(canvas=cfg.image_size, box=box, rotation=cfg.rotation,
                   scale=(cfg.scale_min, cfg.scale_max), translation=cfg.translation,
                   clutter=cfg.clutter, clutter_size=cfg.clutter_size)

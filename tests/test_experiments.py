@@ -172,6 +172,15 @@ def test_load_mnist_npz_and_idx(tmp_path):
         np.testing.assert_array_equal(d, yte)
     with pytest.raises(FileNotFoundError, match="never downloads"):
         data_lib.load_mnist(str(tmp_path / "absent.npz"))
+    # the whole pipeline on the MNIST file: digits at native size in a 42 px canvas
+    cfg = config_lib.Config(dataset="mnist", mnist_path=str(tmp_path / "mnist.npz"),
+                            image_size=42, rotation=0, scale_min=1, scale_max=1,
+                            translation=0, train_copies=2, test_copies=1)
+    ds = data_lib.build_dataset(cfg)
+    assert ds["x_train"].shape == (10, 42, 42, 1) and ds["x_test"].shape == (3, 42, 42, 1)
+    assert ds["info"]["digit_box"] == 28
+    np.testing.assert_allclose(ds["x_test"][:, 7:35, 7:35, 0], xte / 255.0, atol=1e-5)
+    np.testing.assert_array_equal(ds["y_train"], np.tile(ytr, 2))
 
 
 # ---------------------------------------------------------------- models / metrics
