@@ -28,7 +28,8 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
-import tensorflow as tf
+import sonnet as snt  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 from experiments import data as data_lib
 from experiments import models
@@ -82,7 +83,7 @@ def train_one(cfg, variant, seed, ds, run_dir):
     model = models.build_model(variant, cfg, NUM_CLASSES)
     x_tr, y_tr, x_te, y_te = ds["x_train"], ds["y_train"], ds["x_test"], ds["y_test"]
     model(tf.constant(x_tr[:1]))   # create variables eagerly, deterministic order
-    opt = __import__("sonnet").optimizers.Adam(cfg.lr)
+    opt = snt.optimizers.Adam(cfg.lr)
     spec = tf.TensorSpec([None] + list(x_tr.shape[1:]), tf.float32)
 
     @tf.function(input_signature=[spec, tf.TensorSpec([None], tf.int64)])
