@@ -1,0 +1,118 @@
+"""Sonnet 2 modules for spatial transformers; all maths lives in ``stn.py``.
+
+Example (a localisation network whose last layer starts at the identity):
+
+    import sonnet as snt
+    from stn_snt import SpatialTransformer
+
+    loc = snt.Sequential([snt.Conv2D(8, 5, stride=2), tf.nn.relu,
+                          snt.Flatten(), snt.Linear(32), tf.nn.relu])
+    st = SpatialTransformer(localization=loc, transform="affine", out_dims=(28, 28))
+    warped = st(images)                  # identity warp before training
+    warped, theta = st(images, return_theta=True)
+    warped = SpatialTransformer()(images, theta=my_theta)   # a given theta
+"""
+import numpy as np
+import sonnet as snt
+import tensorflow as tf
+
+import stn
+
+
+class _ValuesInit(snt.initializers.Initializer):
+    """Initialises a vector to fixed values (the identity transform's parameters)."""
+
+    def __init__(self, values):
+        self.values = np.asarray(values, dtype=np.float64)
+
+    def __call__(self, shape, dtype):
+        if tuple(shape) != self.values.shape:
+            raise ValueError(f"expected shape {self.values.shape}; got {tuple(shape)}")
+        return tf.constant(self.values, dtype=dtype)
+
+
+@snt.allow_empty_variables  # without a localisation network it owns no variables
+class SpatialTransformer(snt.Module):
+    """Warps its input by a transform: ``stn.spatial_transformer_network`` as a module.
+
+    With ``localization`` (any callable mapping inputs ``[B, H, W, C]`` to
+    features ``[B, ...]``), the module owns a final ``snt.Linear`` that maps
+    the flattened features to the transform's parameters, with zero weights
+    and the identity transform's parameters as bias: before training the
+    layer returns its input unchanged (the seed's usage note). Without it,
+    pass ``theta`` to ``__call__``.
+
+    Args:
+      out_dims: ``(height, width)`` of the output; default the input's.
+      transform: family of the predicted transform, a key of
+        ``stn.TRANSFORMS``: "affine" (6 params), "attention" (s, tx, ty),
+        "similarity" (s, angle, tx, ty), "diffeomorphic" (expm of the affine
+        generator) or "projective" (8 params).
+      localization: callable producing features; None for an explicit theta.
+      constraints: an ``stn.AffineWarpConstraints`` fixing some affine
+        entries (only with ``transform="affine"``).
+      align_corners, padding_mode, interpolation: as in ``stn.grid_sample``.
+      name: module name.
+
+    Call: ``st(inputs, theta=None, return_theta=False)`` -> ``[B, oh, ow, C]``
+    (and ``theta`` if asked), in the input's float dtype.
+    """
+
+    def __init__(self, out_dims=None, transform="affine", localization=None, constraints=None,
+                 align_corners=False, padding_mode="zeros", interpolation="bilinear",
+                 name=None):
+        super().__init__(name=name)
+        stn._check_option("transform", transform, tuple(stn.TRANSFORMS))
+        stn._check_option("padding_mode", padding_mode, stn.PADDING_MODES)
+        stn._check_option("interpolation", interpolation, stn.INTERPOLATIONS)
+        stn._check_bool("align_corners", align_corners)
+        self.out_dims = stn._check_size("out_dims", out_dims)
+        if localization is not None and not callable(localization):
+            raise TypeError(f"localization must be callable (e.g. an snt.Module); got {localization!r}")
+        if constraints is not None:
+            if not isinstance(constraints, stn.AffineWarpConstraints):
+                raise TypeError("constraints must be an stn.AffineWarpConstraints; "
+                                f"got {constraints!r}")
+            if transform != "affine":
+                raise ValueError(f"constraints only apply to transform='affine'; got {transform!r}")
+        self.transform = transform
+        self.constraints = constraints
+        self.align_corners = align_corners
+        self.padding_mode = padding_mode
+        self.interpolation = interpolation
+        self.localization = localization
+        if constraints is not None:
+            count, identity = constraints.num_free_params, constraints.identity_params
+        else:
+            count, identity = stn.TRANSFORMS[transform][:2]
+        self.num_params = count
+        self.head = None
+        if localization is not None:
+            self.head = snt.Linear(count, w_init=snt.initializers.Zeros(),
+                                   b_init=_ValuesInit(identity), name="theta_head")
+
+    def params_to_theta(self, params):
+        """The transform family's parameters ``[B, num_params]`` -> theta."""
+        if self.constraints is not None:
+            return self.constraints.theta(params)
+        return stn.transform_theta(self.transform, params)
+
+    def predict_theta(self, inputs):
+        """theta predicted by the localisation network for ``inputs``."""
+        if self.localization is None:
+            raise ValueError("this SpatialTransformer has no localization network: "
+                             "pass theta to __call__")
+        features = self.localization(inputs)
+        features = tf.reshape(features, [tf.shape(features)[0], -1])
+        if features.shape[-1] is None:
+            raise ValueError("localization must produce features with a known size; "
+                             f"got shape {features.shape}")
+        return self.params_to_theta(self.head(features))
+
+    def __call__(self, inputs, theta=None, return_theta=False):
+        if theta is None:
+            theta = self.predict_theta(inputs)
+        out = stn.spatial_transformer_network(
+            inputs, theta, self.out_dims, align_corners=self.align_corners,
+            padding_mode=self.padding_mode, interpolation=self.interpolation)
+        return (out, theta) if return_theta else out
