@@ -104,6 +104,10 @@ class SpatialTransformer(snt.Module):
                              "pass theta to __call__")
         features = self.localization(inputs)
         features = tf.reshape(features, [tf.shape(features)[0], -1])
+        built_size = getattr(self.head, "input_size", None)
+        if features.shape[-1] is None and built_size is not None:
+            # Traced with unknown spatial sizes after the head was built.
+            features = tf.reshape(features, [-1, built_size])
         if features.shape[-1] is None:
             raise ValueError("localization must produce features with a known size; "
                              f"got shape {features.shape}")
