@@ -72,3 +72,25 @@ def transform_grid_figure(inputs, outputs, path, title="", labels=None):
     fig.tight_layout(pad=0.2)
     fig.savefig(path)
     plt.close(fig)
+
+
+def confusion_row_figure(cms, titles, path):
+    """Several confusion matrices side by side (row-normalised colours, counts)."""
+    fig, axes = plt.subplots(1, len(cms), figsize=(3.8 * len(cms), 3.4), dpi=85, squeeze=False)
+    for ax, cm, title in zip(axes[0], cms, titles):
+        cm = np.asarray(cm)
+        norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        for i in range(cm.shape[0]):
+            for j in range(cm.shape[1]):
+                if cm[i, j]:
+                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=6,
+                            color="white" if norm[i, j] > 0.5 else "black")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_xticks(range(cm.shape[1]))
+        ax.set_yticks(range(cm.shape[0]))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

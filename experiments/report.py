@@ -59,10 +59,31 @@ def report(path, refs=("baseline", "stn")):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("dirs", nargs="+", help="experiment output directories (with results.json)")
+    p.add_argument("--confusion-png", help="also write confusion matrices of the first "
+                   "directory's --confusion-variants (at --seed) side by side to this PNG")
+    p.add_argument("--confusion-variants", default="baseline,stn_coordconv")
+    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     for d in args.dirs:
         print(f"### {d}\n\n{report(d)}\n")
+    if args.confusion_png:
+        confusion_png(args.dirs[0], args.confusion_variants.split(","), args.seed,
+                      args.confusion_png)
     return 0
+
+
+def confusion_png(path, variants, seed, png):
+    from experiments import plots
+    with open(os.path.join(path, "results.json")) as f:
+        runs = json.load(f)["runs"]
+    cms, titles = [], []
+    for v in variants:
+        r = [x for x in runs if x["variant"] == v and x["seed"] == seed]
+        if not r:
+            raise SystemExit(f"no run of {v!r} with seed {seed} in {path}")
+        cms.append(r[0]["confusion"])
+        titles.append(f"{v}, seed {seed}: {100 * r[0]['test_accuracy']:.1f}%")
+    plots.confusion_row_figure(cms, titles, png)
 
 
 if __name__ == "__main__":
