@@ -324,24 +324,26 @@ def _normalize_bhwk(x, method):
     return tf.where(nonzero, r / tf.where(nonzero, s, tf.ones_like(s)), uniform)
 
 
-def _pixel_grid(height, width, dtype):
-    """[H * W, 2] normalised (x, y) centres of the pixels, row-major."""
-    xs = normalized_linspace(width, dtype)
-    ys = normalized_linspace(height, dtype)
-    gx = tf.broadcast_to(xs[tf.newaxis, :], [height, width])
-    gy = tf.broadcast_to(ys[:, tf.newaxis], [height, width])
-    return tf.reshape(tf.stack([gx, gy], axis=-1), [-1, 2])
-
-
+@tf.custom_gradient
 def _expectation_bhwk(p):
     """E[(x, y)] of normalised maps `p` [B, H, W, K] -> [B, K, 2].
 
-    One pass over the maps: a batched matmul with the [H W, 2] pixel grid.
+    Forward: the x and y marginals dotted with the pixel centres. Backward:
+    d/dp_ij = u_x x_j + u_y y_i, an outer sum of two small tensors.
     """
     shape = tf.shape(p)
-    flat = tf.reshape(p, [shape[0], shape[1] * shape[2], shape[3]])  # [B, HW, K]
-    grid = _pixel_grid(shape[1], shape[2], p.dtype)
-    return tf.einsum("bnk,nd->bkd", flat, grid)
+    xs = normalized_linspace(shape[2], p.dtype)
+    ys = normalized_linspace(shape[1], p.dtype)
+    x = tf.reduce_sum(tf.reduce_sum(p, axis=1) * xs[:, tf.newaxis], axis=1)  # [B, K]
+    y = tf.reduce_sum(tf.reduce_sum(p, axis=2) * ys[:, tf.newaxis], axis=1)
+    coords = tf.stack([x, y], axis=-1)
+
+    def grad(upstream):  # [B, K, 2]
+        ux = upstream[:, tf.newaxis, tf.newaxis, :, 0]  # [B, 1, 1, K]
+        uy = upstream[:, tf.newaxis, tf.newaxis, :, 1]
+        return ux * xs[:, tf.newaxis] + uy * ys[:, tf.newaxis, tf.newaxis]  # [B, H, W, K]
+
+    return coords, grad
 
 
 def _prepare_heatmaps(inputs, name):
@@ -432,8 +434,8 @@ def dsnt(inputs, method="softmax"):
     p = _normalize_bhwk(tf.cast(x4, cdtype), method)
     coords = _expectation_bhwk(p)
     p, coords = tf.cast(p, x.dtype), tf.cast(coords, x.dtype)
-    if squeeze:
-        return p[..., 0], coords[:, 0, :]
+    if squeeze:  # squeeze, not slicing: its gradient is a free reshape
+        return tf.squeeze(p, axis=3), tf.squeeze(coords, axis=1)
     return p, coords
 
 
@@ -474,6 +476,21 @@ def _assert_batch_points(c, x4, name):
         return tf.identity(c)
 
 
+def _gauss_1d(c, height, width, sigma):
+    """Unnormalised 1-D Gaussian factors (peak 1) for centres c [B, K, 2].
+
+    Returns (gx [B, W, K], gy [B, H, K]); the 2-D Gaussian is their outer
+    product. sigma pixels = 2 sigma / n normalised units, hence the exponent
+    -(d^2) n^2 / (8 sigma^2).
+    """
+    factors = []
+    for n, coord in ((width, c[:, tf.newaxis, :, 0]), (height, c[:, tf.newaxis, :, 1])):
+        nf = tf.cast(n, c.dtype)
+        grid = normalized_linspace(n, c.dtype)[:, tf.newaxis]  # [n, 1]
+        factors.append(tf.exp(-tf.square(grid - coord) * (nf * nf / (8.0 * sigma * sigma))))
+    return factors
+
+
 def _gauss_factors(c, height, width, sigma, normalize=True):
     """Separable Gaussians for centres c [B, K, 2] (normalised units).
 
@@ -481,17 +498,32 @@ def _gauss_factors(c, height, width, sigma, normalize=True):
     ``make_gauss``: normalised by the grid sum + 1e-24 if `normalize`, else
     peak 1. The grid sum of an outer product is the product of the 1-D sums.
     """
-    factors = []
-    for n, coord in ((width, c[:, tf.newaxis, :, 0]), (height, c[:, tf.newaxis, :, 1])):
-        nf = tf.cast(n, c.dtype)
-        grid = normalized_linspace(n, c.dtype)[:, tf.newaxis]  # [n, 1]
-        # sigma pixels = 2 sigma / n normalised units: -(d^2) n^2 / (8 sigma^2)
-        factors.append(tf.exp(-tf.square(grid - coord) * (nf * nf / (8.0 * sigma * sigma))))
-    gx, gy = factors  # [B, W, K], [B, H, K]
+    gx, gy = _gauss_1d(c, height, width, sigma)
     if normalize:
         total = tf.reduce_sum(gx, axis=1, keepdims=True) * tf.reduce_sum(gy, axis=1, keepdims=True)
         gx = gx / (total + _EPS)
     return gy[:, :, tf.newaxis, :], gx[:, tf.newaxis, :, :]
+
+
+def _gauss_and_negentropy(c, height, width, sigma):
+    """Normalised target q = gy * gx and sum q log q, the latter separably.
+
+    With q = r a b (a, b the 1-D factors each summing to one and
+    r = S / (S + 1e-24) for the grid sum S), sum q log q =
+    r log r + r (sum a log a + sum b log b): no [B, H, W, K] logarithm.
+    Equal to dsntnn's sum q log(q + 1e-24) up to 1e-24 per pixel.
+    """
+    gx, gy = _gauss_1d(c, height, width, sigma)
+    sx = tf.reduce_sum(gx, axis=1)  # [B, K]
+    sy = tf.reduce_sum(gy, axis=1)
+    total = sx * sy
+    r = total / (total + _EPS)
+    a = gx / (sx[:, tf.newaxis] + _EPS)
+    b = gy / (sy[:, tf.newaxis] + _EPS)
+    plogp = lambda v: tf.reduce_sum(tf.math.xlogy(v, v), axis=1)
+    negentropy = tf.math.xlogy(r, r) + r * (plogp(a) + plogp(b))
+    q = gy[:, :, tf.newaxis, :] * (gx / (total[:, tf.newaxis] + _EPS))[:, tf.newaxis]
+    return q, negentropy
 
 
 def make_gauss(centres, size, fwhm=1.0, normalize=True):
@@ -539,7 +571,7 @@ def make_gauss(centres, size, fwhm=1.0, normalize=True):
     c3 = tf.cast(c if rank == 3 else c[:, tf.newaxis, :], cdtype)
     gy, gx = _gauss_factors(c3, height, width, sigma, normalize)
     g = tf.cast(gy * gx, c.dtype)
-    return g if rank == 3 else g[..., 0]
+    return g if rank == 3 else tf.squeeze(g, axis=3)
 
 
 def average_loss(losses, mask=None):
@@ -591,16 +623,14 @@ def _reduce(losses, mask, reduction):
 
 
 def _divergence_args(heatmaps, centres, fwhm, mask, reduction):
+    """Validated (heatmaps, p [B, H, W, K], centres [B, K, 2], sigma, squeeze)."""
     _check_option(reduction, REDUCTIONS, "reduction")
     x, x4, squeeze = _prepare_heatmaps(heatmaps, "heatmaps")
     cdtype = _compute_dtype(x.dtype)
     c = _prepare_centres(centres, x4.shape[0], squeeze, x4.shape[3], cdtype)
     c = _assert_batch_points(c, x4, "centres")
     sigma = fwhm_to_sigma(_check_positive(fwhm, "fwhm", cdtype))
-    p = tf.cast(x4, cdtype)
-    shape = tf.shape(x4)
-    gy, gx = _gauss_factors(c, shape[1], shape[2], sigma)
-    return x, p, gy * gx, squeeze
+    return x, tf.cast(x4, cdtype), c, sigma, squeeze
 
 
 def _finish(per_point, x, squeeze, mask, reduction):
@@ -611,23 +641,23 @@ def _finish(per_point, x, squeeze, mask, reduction):
 
 
 @tf.custom_gradient
-def _js_sum(p, q):
-    """Per-map JS divergence sum_HW of [B, H, W, K] maps -> [B, K].
+def _js_partial(p, q):
+    """sum_HW (0.5 p log p - m log m), m = (p + q) / 2: [B, H, W, K] -> [B, K].
 
-    0.5 KL(p||m) + 0.5 KL(q||m) with m = (p + q) / 2 equals
-    sum 0.5 p log p + 0.5 q log q - m log m; the logs carry dsntnn's 1e-24.
-    The hand-written gradient 0.5 (log p - log m) (the "+1" terms of the
-    three x log x derivatives cancel) saves most of the backward pass.
+    JS(p, q) = 0.5 KL(p||m) + 0.5 KL(q||m)
+             = sum 0.5 p log p + 0.5 q log q - m log m,
+    and the q log q part is computed separably by the caller. The logs carry
+    dsntnn's 1e-24. Hand-written gradient: d/dp = 0.5 (log p - log m) (the
+    "+1" terms of the x log x derivatives cancel), d/dq = -0.5 (log m + 1).
     """
     m = 0.5 * (p + q)
     lp = tf.math.log(p + _EPS)
-    lq = tf.math.log(q + _EPS)
     lm = tf.math.log(m + _EPS)
-    value = tf.reduce_sum(0.5 * (p * lp + q * lq) - m * lm, axis=[1, 2])
+    value = tf.reduce_sum(0.5 * p * lp - m * lm, axis=[1, 2])
 
     def grad(upstream):
         u = 0.5 * upstream[:, tf.newaxis, tf.newaxis, :]
-        return u * (lp - lm), u * (lq - lm)
+        return u * (lp - lm), -u * (lm + 1.0)
 
     return value, grad
 
@@ -658,8 +688,11 @@ def js_reg_loss(heatmaps, centres, fwhm=1.0, mask=None, reduction="mean"):
       >>> loss = (dsnt.mse_loss(coords, targets)
       ...         + dsnt.js_reg_loss(norm_heatmaps, targets, fwhm=3))
     """
-    x, p, q, squeeze = _divergence_args(heatmaps, centres, fwhm, mask, reduction)
-    return _finish(_js_sum(p, q), x, squeeze, mask, reduction)
+    x, p, c, sigma, squeeze = _divergence_args(heatmaps, centres, fwhm, mask, reduction)
+    shape = tf.shape(p)
+    q, q_negentropy = _gauss_and_negentropy(c, shape[1], shape[2], sigma)
+    js = _js_partial(p, q) + 0.5 * q_negentropy
+    return _finish(js, x, squeeze, mask, reduction)
 
 
 def kl_reg_loss(heatmaps, centres, fwhm=1.0, mask=None, reduction="mean"):
@@ -671,8 +704,10 @@ def kl_reg_loss(heatmaps, centres, fwhm=1.0, mask=None, reduction="mean"):
     Example:
       >>> loss = dsnt.kl_reg_loss(norm_heatmaps, targets, fwhm=2.0)
     """
-    x, p, q, squeeze = _divergence_args(heatmaps, centres, fwhm, mask, reduction)
-    terms = p * (tf.math.log(p + _EPS) - tf.math.log(q + _EPS))
+    x, p, c, sigma, squeeze = _divergence_args(heatmaps, centres, fwhm, mask, reduction)
+    shape = tf.shape(p)
+    gy, gx = _gauss_factors(c, shape[1], shape[2], sigma)
+    terms = p * (tf.math.log(p + _EPS) - tf.math.log(gy * gx + _EPS))
     return _finish(tf.reduce_sum(terms, axis=[1, 2]), x, squeeze, mask, reduction)
 
 

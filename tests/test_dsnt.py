@@ -264,6 +264,20 @@ def test_js_of_matching_gaussian_is_zero_and_bounded():
         pytest.approx(math.log(2), abs=1e-6)
 
 
+@pytest.mark.parametrize("loss,ref", [("js", np_js), ("kl", np_kl)])
+def test_divergences_extreme_cases_match_numpy(loss, ref):
+    """Delta heatmaps, a tiny fwhm and a target far outside the image."""
+    p = np.zeros([3, 6, 5, 1])
+    p[0, 2, 3] = p[1, 0, 0] = 1
+    p[2] = 1 / 30
+    t = np.array([[[0.1, -0.3]], [[40.0, -40.0]], [[0.9, 0.9]]])
+    for fwhm in (0.05, 1.0):
+        want = ref(p, np_gauss(t, 6, 5, fwhm / FWHM_PER_SIGMA))[:, 0]   # K = 1 -> [B]
+        got = getattr(dsnt, f"{loss}_reg_loss")(p, t, fwhm=fwhm, reduction="none")
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-9, atol=1e-12)
+    assert want[1] == pytest.approx(math.log(2) / 2 if loss == "js" else 55.262, abs=1e-3)
+
+
 def test_variance_loss_matches_numpy():
     p = rand_heatmaps(2, 6, 9, 3)
     got = dsnt.variance_reg_loss(p, fwhm=2.0, reduction="none")
