@@ -33,6 +33,16 @@ and bool inputs are cast to float32. Half-precision inputs are computed in
 float32 internally (sums over many pixels and the 1e-24 epsilon of the
 divergences do not survive float16) and cast back.
 
+Numerical behaviour
+-------------------
+Softmax is max-shifted, so enormous logits give the argmax pixel's centre;
+``-inf`` logits are pixels of zero probability. ``relu``/``abs``/``sigmoid``
+maps are scaled by their maximum before the sum (no overflow), and a map
+that rectifies to all zeros becomes uniform (coordinates ``(0, 0)``, finite
+gradients). NaN inputs give NaN coordinates, as do ``+inf`` values except
+under ``sigmoid`` (where they are 1). The divergences add dsntnn's 1e-24
+inside their logs, so delta heatmaps and far-away targets stay finite.
+
 Loss reduction
 --------------
 Every loss takes ``reduction="mean"`` (default): the mean over all points of
@@ -315,10 +325,11 @@ def _normalize_bhwk(x, method):
         r = tf.sigmoid(x)
     # Divide by the (gradient-free, cancelling) maximum first so that the sum
     # cannot overflow; an all-zero map becomes uniform (coordinates 0, 0).
+    # NaN reaches the sum (reduce_max may skip it), so NaN maps stay NaN.
     m = tf.stop_gradient(tf.reduce_max(r, axis=axes, keepdims=True))
-    nonzero = m > 0
-    r = r / tf.where(nonzero, m, tf.ones_like(m))
+    r = r / tf.where(m > 0, m, tf.ones_like(m))
     s = tf.reduce_sum(r, axis=axes, keepdims=True)
+    nonzero = tf.not_equal(s, 0)
     shape = tf.shape(x)
     uniform = 1.0 / tf.cast(shape[1] * shape[2], x.dtype)
     return tf.where(nonzero, r / tf.where(nonzero, s, tf.ones_like(s)), uniform)

@@ -174,6 +174,25 @@ def test_all_zero_relu_is_uniform_with_finite_gradient():
     assert np.all(np.isfinite(g.numpy()))
 
 
+@pytest.mark.parametrize("method", ["softmax", "relu", "abs", "sigmoid"])
+def test_nan_input_gives_nan_not_a_silent_answer(method):
+    x = np.zeros([2, 3, 3], np.float32)
+    x[0, 1, 2] = np.nan
+    _, c = dsnt.dsnt(x, method=method)
+    assert np.all(np.isnan(c.numpy()[0]))
+    np.testing.assert_allclose(c.numpy()[1], [0.0, 0.0], atol=1e-7)  # the finite map is fine
+
+
+def test_minus_inf_logits_are_zero_probability():
+    x = np.full([1, 3, 4], -np.inf, np.float32)
+    x[0, 2, 1] = 0.0
+    x[0, 0, 3] = 0.0
+    h, c = dsnt.dsnt(x)
+    # pixels (row 2, col 1) and (row 0, col 3), half the mass each
+    want = [((2 * 1 + 1) / 4 - 1 + (2 * 3 + 1) / 4 - 1) / 2, ((2 * 2 + 1) / 3 - 1 + 1 / 3 - 1) / 2]
+    np.testing.assert_allclose(c.numpy()[0], want, atol=1e-7)
+
+
 def test_relu_overflow_safe():
     x = np.zeros([1, 2, 2], np.float32)
     x[0, 0, 0] = x[0, 1, 1] = 3e38        # the sum overflows float32
@@ -578,3 +597,28 @@ def test_agrees_with_dsntnn():
         np.testing.assert_allclose(
             dsnt.normalized_to_pixel_coordinates(px, (H, W)).numpy(),
             dsntnn.normalized_to_pixel_coordinates(torch.tensor(px), (H, W)).numpy(), atol=1e-6)
+
+
+# --------------------------------------------------------------------------
+# property: the DSNT of a delta heatmap is its pixel centre
+# --------------------------------------------------------------------------
+
+try:
+    from hypothesis import given, settings, strategies as st
+except ImportError:  # the rest of the module still runs without Hypothesis
+    given = None
+
+if given is not None:
+    @settings(max_examples=40, deadline=None)
+    @given(h=st.integers(1, 12), w=st.integers(1, 12), k=st.integers(1, 3), data=st.data())
+    def test_property_delta_heatmap_gives_its_coordinate(h, w, k, data):
+        rows = data.draw(st.lists(st.integers(0, h - 1), min_size=k, max_size=k))
+        cols = data.draw(st.lists(st.integers(0, w - 1), min_size=k, max_size=k))
+        logits = np.full([1, h, w, k], -1e4, np.float32)
+        for j, (r, c) in enumerate(zip(rows, cols)):
+            logits[0, r, c, j] = 1e4
+        _, coords = dsnt.dsnt(logits)
+        want = np.stack([(2 * np.array(cols) + 1) / w - 1, (2 * np.array(rows) + 1) / h - 1], -1)
+        np.testing.assert_allclose(np.reshape(coords.numpy(), [k, 2]), want, atol=1e-6)
+        px = dsnt.normalized_to_pixel_coordinates(coords, (h, w)).numpy().reshape(k, 2)
+        np.testing.assert_allclose(px, np.stack([cols, rows], -1), atol=1e-5)
