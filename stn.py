@@ -32,6 +32,7 @@ the same numbers.
 Only TensorFlow and NumPy are imported: the module can be copied into any
 TF2 program or ``tf.compat.v1`` graph.
 """
+import functools
 import os
 
 import numpy as np
@@ -530,15 +531,24 @@ def _transformer_impl(img, theta, out_size, projective, padding_mode, interpolat
 _jitted = {}
 
 
-def _run(fn, *args, static=(), jit=True):
-    """Calls fn(*args, *static), XLA-compiled when enabled and possible."""
-    if not (_JIT and jit):
+def _run(fn, *args, static=()):
+    """Calls fn(*args, *static), XLA-compiled unless ``set_jit(False)``.
+
+    One compiled function per (fn, static options); a partial rather than a
+    lambda so that TensorFlow's retracing statistics are kept per option
+    set (they are keyed by code object) and mixing options stays quiet.
+    """
+    if not _JIT:
         return fn(*args, *static)
     key = (fn, static)
     if key not in _jitted:
-        _jitted[key] = tf.function(lambda *a: fn(*a, *static), jit_compile=True,
-                                   reduce_retracing=True)
+        bound = functools.partial(_call_with_static, fn, static)
+        _jitted[key] = tf.function(bound, jit_compile=True, reduce_retracing=True)
     return _jitted[key](*args)
+
+
+def _call_with_static(fn, static, *args):
+    return fn(*args, *static)
 
 
 def _check_batch(img, other, name):

@@ -7,11 +7,35 @@ which is how the committed notebooks are produced (`./run.sh demos`).
 """
 import argparse
 import os
+import re
 import sys
 import time
 
 import nbformat
 from nbclient import NotebookClient
+
+
+# TensorFlow's C++ start-up log (oneDNN, CUDA probing, XLA service) goes to
+# stderr through absl and ignores TF_CPP_MIN_LOG_LEVEL in recent releases.
+# It says nothing to a reader, so it is dropped from the saved outputs.
+_TF_LOG_LINE = re.compile(r"^(?:[IWE]\d{4} [\d:. ]+\s+\d+ \S+:\d+\]|WARNING: All log messages before absl"
+                          r"|To enable the following instructions|This TensorFlow binary is optimized)")
+
+
+def _drop_tf_log_lines(nb):
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        kept = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                lines = [l for l in out["text"].splitlines(keepends=True)
+                         if not _TF_LOG_LINE.match(l)]
+                if not "".join(lines).strip():
+                    continue
+                out["text"] = "".join(lines)
+            kept.append(out)
+        cell["outputs"] = kept
 
 
 def execute(path, inplace=False, timeout=900, out_path=None):
@@ -23,6 +47,7 @@ def execute(path, inplace=False, timeout=900, out_path=None):
     start = time.time()
     client.execute()
     elapsed = time.time() - start
+    _drop_tf_log_lines(nb)
     if inplace:
         nbformat.write(nb, path)
     elif out_path:
