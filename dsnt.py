@@ -143,6 +143,8 @@ def _to_bhwk(heatmaps, name="heatmaps"):
 
 def _check_positive(value, name, dtype):
     """`value` (python number or tensor) > 0, statically when possible."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be a positive number of pixels, got {value!r}")
     if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
         if not value > 0 or not math.isfinite(value):
             raise ValueError(f"`{name}` must be a finite positive number of pixels, got {value!r}")

@@ -519,6 +519,7 @@ def test_seed_snippet_tf1_loss():
     (lambda: dsnt.variance_reg_loss(tf.zeros([2, 4, 4]), fwhm=float("nan")), ValueError,
      "fwhm"),
     (lambda: dsnt.make_gauss(tf.zeros([2, 2]), (4, 4), fwhm=-1), ValueError, "fwhm"),
+    (lambda: dsnt.make_gauss(tf.zeros([2, 2]), (4, 4), fwhm=True), TypeError, "fwhm"),
     (lambda: dsnt.make_gauss(tf.zeros([2, 3]), (4, 4)), ValueError, "centres"),
     (lambda: dsnt.make_gauss(tf.zeros([2, 2]), (4, 4, 4)), ValueError, "size"),
     (lambda: dsnt.js_reg_loss(tf.zeros([2, 4, 4]), tf.zeros([2, 2]), reduction="avg"),
