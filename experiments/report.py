@@ -44,6 +44,20 @@ def report(path, refs=("baseline", "stn")):
             r = [x for x in runs if x["variant"] == v and x["seed"] == s]
             cells.append(f"{100 * r[0]['test_accuracy']:.2f} / {r[0]['test_nll']:.4f}" if r else "")
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    with_theta = [v for v in variants
+                  if any("theta_test" in x for x in runs if x["variant"] == v)]
+    if with_theta:
+        lines += ["", "Predicted transforms on the test set (det of theta's 2x2 part, over "
+                  "all seeds' test images: median of per-run medians, overall min / max, "
+                  "count of det <= 0, i.e. reflected or collapsed warps):", "",
+                  "| variant | det median | det min | det max | det <= 0 |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        for v in with_theta:
+            ts = [x["theta_test"] for x in runs if x["variant"] == v and "theta_test" in x]
+            lines.append(f"| {v} | {np.median([t['det_median'] for t in ts]):.3f} | "
+                         f"{min(t['det_min'] for t in ts):.3f} | "
+                         f"{max(t['det_max'] for t in ts):.3f} | "
+                         f"{sum(t['det_nonpositive'] for t in ts)} |")
     nll = {v: np.array([x["test_nll"] for x in runs if x["variant"] == v]) for v in variants}
     tests = []
     for ref in refs:

@@ -70,6 +70,24 @@ def evaluate(model, x, y, batch_size=256):
     return nll, float((pred == y).mean()), pred
 
 
+def theta_stats(model, x, batch_size=256):
+    """Statistics of the predicted transforms on `x` (STN models only).
+
+    det = determinant of theta's linear 2x2 part (for a projective theta, of
+    its top-left 2x2 block): < 1 zooms in, > 1 zooms out, <= 0 means a
+    reflected or collapsed warp.
+    """
+    thetas = []
+    for i in range(0, len(x), batch_size):
+        th = model.theta(tf.constant(x[i:i + batch_size])).numpy()
+        thetas.append(th.reshape(len(th), -1, 3))
+    th = np.concatenate(thetas).astype(np.float64)
+    det = th[:, 0, 0] * th[:, 1, 1] - th[:, 0, 1] * th[:, 1, 0]
+    return dict(det_min=float(det.min()), det_median=float(np.median(det)),
+                det_max=float(det.max()), det_nonpositive=int((det <= 0).sum()),
+                translation_abs_mean=float(np.abs(th[:, :2, 2]).mean()))
+
+
 def confusion_matrix(y, pred, k=NUM_CLASSES):
     cm = np.zeros((k, k), np.int64)
     np.add.at(cm, (y, pred), 1)
@@ -144,6 +162,8 @@ def train_one(cfg, variant, seed, ds, run_dir):
     result = dict(variant=variant, seed=seed, test_accuracy=test_acc, test_nll=test_nll,
                   params=count_params(model), train_seconds=time.time() - t0,
                   history=history, confusion=cm.tolist())
+    if isinstance(model, models.STNClassifier):
+        result["theta_test"] = theta_stats(model, x_te)
     warped = model.transform_images(tf.constant(grid_x)).numpy()
     with open(os.path.join(run_dir, "results.json"), "w") as f:
         json.dump(result, f, indent=1)

@@ -270,10 +270,15 @@ def test_smoke_run_all_default_variants(tmp_path):
         assert len(_tb_scalars(str(run_dir), "train/step_loss")) == 2    # 60 / 32 -> 2 steps
     for name in ("curves.png", "transforms.png", "summary.md"):
         assert (tmp_path / name).exists()
+    # predicted-transform statistics for the STN runs only
+    assert "theta_test" not in on_disk["runs"][0]
+    for r in on_disk["runs"][1:]:
+        t = r["theta_test"]
+        assert t["det_min"] <= t["det_median"] <= t["det_max"] and t["det_nonpositive"] >= 0
     # the markdown report reads the same file
     from experiments import report
     md = report.report(str(tmp_path))
-    assert "| stn_coordconv |" in md and "seed 0 acc / NLL" in md
+    assert "| stn_coordconv |" in md and "seed 0 acc / NLL" in md and "det median" in md
     # CoordConv localisation net: 2 extra input channels in each of 2 convs
     p = {r["variant"]: r["params"] for r in on_disk["runs"]}
     assert p["stn_coordconv"] - p["stn"] == 2 * 7 * 7 * 8 + 2 * 5 * 5 * 10
@@ -295,3 +300,21 @@ def test_smoke_run_is_reproducible(tmp_path):
     # the run restored the process-wide determinism setting it found
     from tensorflow.python.framework import config as tf_config
     assert tf_config.is_op_determinism_enabled() == determinism_before
+
+
+@pytest.mark.skipif(not _stn_available(), reason="stn.py not present yet")
+def test_theta_stats_against_numpy():
+    class Fixed:
+        def theta(self, x):
+            n = x.shape[0]
+            a = tf.reshape(tf.cast(x[:, 0, 0, 0], tf.float64), [n, 1])
+            # [[a, 1, 0.5], [0, 2, -0.5]] -> det = 2a
+            return tf.reshape(tf.concat([a, tf.ones_like(a), 0.5 * tf.ones_like(a),
+                                         tf.zeros_like(a), 2 * tf.ones_like(a),
+                                         -0.5 * tf.ones_like(a)], 1), [n, 2, 3])
+
+    x = np.zeros((5, 2, 2, 1), np.float32)
+    x[:, 0, 0, 0] = [-1.0, 0.0, 0.5, 1.0, 3.0]
+    s = stn_classify.theta_stats(Fixed(), x, batch_size=2)
+    assert s == dict(det_min=-2.0, det_median=1.0, det_max=6.0, det_nonpositive=2,
+                     translation_abs_mean=0.5)
