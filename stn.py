@@ -437,6 +437,10 @@ def _sample_nearest(img, x, y, dims):
     # PyTorch: optimisers then see zeros rather than None.
     never = tf.zeros_like(x, dtype=tf.bool)
     ones = 1.0 + tf.where(never, x + y, tf.zeros_like(x))
+    # A NaN coordinate gives NaN, as with the other interpolations (rounding
+    # alone would silently read the padding).
+    nan = tf.math.is_nan(x) | tf.math.is_nan(y)
+    ones = tf.where(nan, tf.fill(tf.shape(ones), tf.constant(np.nan, ones.dtype)), ones)
     return _gather_taps(img, xi, yi, dims, ones[..., None])
 
 
@@ -595,8 +599,11 @@ def grid_sample(img, grid, *, align_corners=False, padding_mode="zeros",
     Returns:
       ``[B, Ho, Wo, C]`` in ``img``'s (float) dtype. Differentiable with
       respect to ``img`` and ``grid`` (the grid gradient is 0 for "nearest").
-      A NaN coordinate gives NaN in that output pixel ("zeros"/"border") and
-      never reads outside the image; +-inf behaves as far outside.
+      Non-finite coordinates never read outside the image: a NaN coordinate
+      gives NaN in that output pixel (every mode, so a diverging
+      localisation network shows in the loss); +-inf is far outside (0 with
+      "zeros", the edge pixel with "border", NaN with "reflection", which
+      has no reflection of infinity). Other batch elements are unaffected.
 
     Example:
       >>> img = tf.random.normal([1, 8, 8, 3])
