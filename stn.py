@@ -231,9 +231,40 @@ def _theta_matrix(theta, name="theta"):
         return tf.reshape(theta, [-1, 2, 3]), False
     if shape.rank == 3 and tuple(shape[1:]) in ((2, 3), (3, 3)):
         return theta, shape[1] == 3
+    if shape.rank in (2, 3) and None in shape[1:]:
+        return _dynamic_homography(theta, name), True
     raise ValueError(
         f"{name} must have shape [B, 6] or [B, 2, 3] (affine) or [B, 8] or "
         f"[B, 3, 3] (projective); got {shape}")
+
+
+def _dynamic_homography(theta, name):
+    """[B, 6|8] or [B, 2|3, 3] known only at run time -> [B, 3, 3].
+
+    An affine theta gets the row (0, 0, 1): its homogeneous divide is by
+    exactly 1, so the numbers are those of the affine path.
+    """
+    batch = tf.shape(theta)[0]
+    if theta.shape.rank == 2:
+        count = tf.shape(theta)[1]
+        check = tf.debugging.assert_equal(
+            tf.reduce_any(tf.equal(count, [6, 8])), True,
+            message=f"{name} must have shape [B, 6] or [B, 8] (or [B, 2, 3] / [B, 3, 3])")
+        with tf.control_dependencies([check]):
+            tail = tf.cond(tf.equal(count, 6),
+                           lambda: tf.tile(tf.constant([[0.0, 0.0, 1.0]], theta.dtype), [batch, 1]),
+                           lambda: tf.ones([batch, 1], theta.dtype))
+        return tf.reshape(tf.concat([theta, tail], axis=1), [-1, 3, 3])
+    flat = tf.reshape(theta, [batch, -1])
+    rows = tf.shape(theta)[1]
+    check = tf.debugging.assert_equal(
+        tf.logical_and(tf.reduce_any(tf.equal(rows, [2, 3])), tf.equal(tf.shape(theta)[2], 3)),
+        True, message=f"{name} must have shape [B, 2, 3] or [B, 3, 3] (or [B, 6] / [B, 8])")
+    with tf.control_dependencies([check]):
+        tail = tf.cond(tf.equal(rows, 2),
+                       lambda: tf.tile(tf.constant([[0.0, 0.0, 1.0]], theta.dtype), [batch, 1]),
+                       lambda: tf.zeros([batch, 0], theta.dtype))
+    return tf.reshape(tf.concat([flat, tail], axis=1), [-1, 3, 3])
 
 
 def _transform_points(matrix, projective, out_size, align_corners, in_half, in_centre):
@@ -718,6 +749,11 @@ def _params(params, name, count):
     params = _as_float(params, name)
     if params.shape.rank is not None and (params.shape.rank != 2 or params.shape[-1] not in (None, count)):
         raise ValueError(f"{name} must have shape [B, {count}]; got {params.shape}")
+    if params.shape.rank is None or params.shape[-1] is None:
+        check = tf.debugging.assert_equal(
+            tf.shape(params)[-1], count, message=f"{name} must have shape [B, {count}]")
+        with tf.control_dependencies([check]):
+            params = tf.reshape(params, [-1, count])
     return params
 
 
@@ -799,7 +835,36 @@ def affine_diffeomorphic_theta(params):
     params = _params(params, "params", 6)
     generator = tf.concat([tf.reshape(params, [-1, 2, 3]),
                            tf.zeros_like(params[:, None, :3])], axis=1)
-    return tf.linalg.expm(generator)[:, :2, :]
+    return _expm(generator)[:, :2, :]
+
+
+_EXPM_MAX_SQUARINGS = 24   # norms up to 2**22: e**(2**22) overflows float64 anyway
+_EXPM_TAYLOR_DEGREE = 12
+
+
+def _expm(a):
+    """Matrix exponential of small matrices [B, n, n], by scaling and squaring.
+
+    Each matrix is scaled by 2**-s so that its infinity norm is <= 1/4, the
+    exponential of that is summed as a degree-12 Taylor series (error below
+    1e-17 relative) and squared back s times. Unlike ``tf.linalg.expm`` it
+    has no data-dependent loop, so it compiles under XLA and differentiates
+    there too; squarings beyond a matrix's own s are skipped with a select.
+    """
+    dtype = a.dtype
+    norm = tf.reduce_max(tf.reduce_sum(tf.abs(a), axis=-1), axis=-1)      # [B]
+    s = tf.math.ceil(tf.math.log(norm / 0.25) / np.log(2.0))
+    s = tf.where(tf.math.is_finite(s), tf.clip_by_value(s, 0.0, _EXPM_MAX_SQUARINGS), 0.0)
+    s = tf.stop_gradient(s)
+    scaled = a * tf.pow(tf.constant(2.0, dtype), -s)[:, None, None]
+    eye = tf.eye(tf.shape(a)[-1], batch_shape=tf.shape(a)[:1], dtype=dtype)
+    # Horner form of sum_k x^k / k!.
+    result = eye
+    for k in range(_EXPM_TAYLOR_DEGREE, 0, -1):
+        result = eye + tf.matmul(scaled, result) / float(k)
+    for i in range(_EXPM_MAX_SQUARINGS):
+        result = tf.where((s > i)[:, None, None], tf.matmul(result, result), result)
+    return result
 
 
 def projective_theta(params):
