@@ -489,19 +489,25 @@ def _assert_batch_points(c, x4, name):
         return tf.identity(c)
 
 
-def _gauss_1d(c, height, width, sigma):
-    """Unnormalised 1-D Gaussian factors (peak 1) for centres c [B, K, 2].
+def _gauss_exponents(c, height, width, sigma):
+    """Log 1-D Gaussian factors for centres c [B, K, 2]: (ex [B, W, K], ey [B, H, K]).
 
-    Returns (gx [B, W, K], gy [B, H, K]); the 2-D Gaussian is their outer
-    product. sigma pixels = 2 sigma / n normalised units, hence the exponent
-    -(d^2) n^2 / (8 sigma^2).
+    sigma pixels = 2 sigma / n normalised units, hence -(d^2) n^2 / (8 sigma^2).
     """
-    factors = []
+    exponents = []
     for n, coord in ((width, c[:, tf.newaxis, :, 0]), (height, c[:, tf.newaxis, :, 1])):
         nf = tf.cast(n, c.dtype)
         grid = normalized_linspace(n, c.dtype)[:, tf.newaxis]  # [n, 1]
-        factors.append(tf.exp(-tf.square(grid - coord) * (nf * nf / (8.0 * sigma * sigma))))
-    return factors
+        exponents.append(-tf.square(grid - coord) * (nf * nf / (8.0 * sigma * sigma)))
+    return exponents
+
+
+def _gauss_1d(c, height, width, sigma):
+    """Unnormalised 1-D Gaussian factors (peak 1): (gx [B, W, K], gy [B, H, K]).
+
+    The 2-D Gaussian is their outer product.
+    """
+    return [tf.exp(e) for e in _gauss_exponents(c, height, width, sigma)]
 
 
 def _gauss_factors(c, height, width, sigma, normalize=True):
@@ -518,25 +524,19 @@ def _gauss_factors(c, height, width, sigma, normalize=True):
     return gy[:, :, tf.newaxis, :], gx[:, tf.newaxis, :, :]
 
 
-def _gauss_and_negentropy(c, height, width, sigma):
-    """Normalised target q = gy * gx and sum q log q, the latter separably.
+def _gauss_and_log(c, height, width, sigma):
+    """Normalised target q = gy * gx [B, H, W, K] and log q, from 1-D factors.
 
-    With q = r a b (a, b the 1-D factors each summing to one and
-    r = S / (S + 1e-24) for the grid sum S), sum q log q =
-    r log r + r (sum a log a + sum b log b): no [B, H, W, K] logarithm.
-    Equal to dsntnn's sum q log(q + 1e-24) up to 1e-24 per pixel.
+    q is dsntnn's ``make_gauss`` (grid sum + 1e-24 normaliser); log q is
+    built from the exponents (no [B, H, W, K] logarithm, and exact where q
+    is too small for float32).
     """
-    gx, gy = _gauss_1d(c, height, width, sigma)
-    sx = tf.reduce_sum(gx, axis=1)  # [B, K]
-    sy = tf.reduce_sum(gy, axis=1)
-    total = sx * sy
-    r = total / (total + _EPS)
-    a = gx / (sx[:, tf.newaxis] + _EPS)
-    b = gy / (sy[:, tf.newaxis] + _EPS)
-    plogp = lambda v: tf.reduce_sum(tf.math.xlogy(v, v), axis=1)
-    negentropy = tf.math.xlogy(r, r) + r * (plogp(a) + plogp(b))
-    q = gy[:, :, tf.newaxis, :] * (gx / (total[:, tf.newaxis] + _EPS))[:, tf.newaxis]
-    return q, negentropy
+    ex, ey = _gauss_exponents(c, height, width, sigma)  # [B, W, K], [B, H, K]
+    gx, gy = tf.exp(ex), tf.exp(ey)
+    total = tf.reduce_sum(gx, axis=1, keepdims=True) * tf.reduce_sum(gy, axis=1, keepdims=True)
+    q = gy[:, :, tf.newaxis, :] * (gx / (total + _EPS))[:, tf.newaxis]
+    log_q = ey[:, :, tf.newaxis, :] + (ex - tf.math.log(total + _EPS))[:, tf.newaxis]
+    return q, log_q
 
 
 def make_gauss(centres, size, fwhm=1.0, normalize=True):
@@ -654,23 +654,26 @@ def _finish(per_point, x, squeeze, mask, reduction):
 
 
 @tf.custom_gradient
-def _js_partial(p, q):
-    """sum_HW (0.5 p log p - m log m), m = (p + q) / 2: [B, H, W, K] -> [B, K].
+def _js_sum(p, q, log_q):
+    """Per-map Jensen-Shannon divergence of [B, H, W, K] maps -> [B, K].
 
-    JS(p, q) = 0.5 KL(p||m) + 0.5 KL(q||m)
-             = sum 0.5 p log p + 0.5 q log q - m log m,
-    and the q log q part is computed separably by the caller. The logs carry
-    dsntnn's 1e-24. Hand-written gradient: d/dp = 0.5 (log p - log m) (the
-    "+1" terms of the x log x derivatives cancel), d/dq = -0.5 (log m + 1).
+    0.5 KL(p||m) + 0.5 KL(q||m), m = (p + q) / 2, summed elementwise as
+    0.5 p (log p - log m) + 0.5 q (log q - log m) with dsntnn's 1e-24 inside
+    the logs of p and m (q's log comes exact from the Gaussian's exponents).
+    Hand-written gradient: d/dp = 0.5 (log p - log m), and the Gaussian's
+    total derivative 0.5 (log q - log m) is routed through q (the "+1"
+    terms of the x log x derivatives cancel).
     """
     m = 0.5 * (p + q)
     lp = tf.math.log(p + _EPS)
     lm = tf.math.log(m + _EPS)
-    value = tf.reduce_sum(0.5 * p * lp - m * lm, axis=[1, 2])
+    terms = p * (lp - lm) + q * (log_q - lm)
+    # rows first, then columns: shorter float32 sums, closer to float64
+    value = 0.5 * tf.reduce_sum(tf.reduce_sum(terms, axis=2), axis=1)
 
     def grad(upstream):
         u = 0.5 * upstream[:, tf.newaxis, tf.newaxis, :]
-        return u * (lp - lm), -u * (lm + 1.0)
+        return u * (lp - lm), u * (log_q - lm), tf.zeros_like(log_q)
 
     return value, grad
 
@@ -703,9 +706,8 @@ def js_reg_loss(heatmaps, centres, fwhm=1.0, mask=None, reduction="mean"):
     """
     x, p, c, sigma, squeeze = _divergence_args(heatmaps, centres, fwhm, mask, reduction)
     shape = tf.shape(p)
-    q, q_negentropy = _gauss_and_negentropy(c, shape[1], shape[2], sigma)
-    js = _js_partial(p, q) + 0.5 * q_negentropy
-    return _finish(js, x, squeeze, mask, reduction)
+    q, log_q = _gauss_and_log(c, shape[1], shape[2], sigma)
+    return _finish(_js_sum(p, q, log_q), x, squeeze, mask, reduction)
 
 
 def kl_reg_loss(heatmaps, centres, fwhm=1.0, mask=None, reduction="mean"):
@@ -719,8 +721,16 @@ def kl_reg_loss(heatmaps, centres, fwhm=1.0, mask=None, reduction="mean"):
     """
     x, p, c, sigma, squeeze = _divergence_args(heatmaps, centres, fwhm, mask, reduction)
     shape = tf.shape(p)
-    gy, gx = _gauss_factors(c, shape[1], shape[2], sigma)
-    terms = p * (tf.math.log(p + _EPS) - tf.math.log(gy * gx + _EPS))
+    # log(q + eps) from log q = ex + ey - log(S + eps) by a stable logaddexp:
+    # forming q first loses its precision where it is tiny (~eps), where
+    # the log still sees it.
+    ex, ey = _gauss_exponents(c, shape[1], shape[2], sigma)
+    total = tf.reduce_sum(tf.exp(ex), axis=1) * tf.reduce_sum(tf.exp(ey), axis=1)  # [B, K]
+    log_q = (ey[:, :, tf.newaxis, :] + ex[:, tf.newaxis, :, :]
+             - tf.math.log(total + _EPS)[:, tf.newaxis, tf.newaxis, :])
+    log_eps = math.log(_EPS)
+    log_q_eps = tf.maximum(log_q, log_eps) + tf.math.log1p(tf.exp(-tf.abs(log_q - log_eps)))
+    terms = p * (tf.math.log(p + _EPS) - log_q_eps)
     return _finish(tf.reduce_sum(terms, axis=[1, 2]), x, squeeze, mask, reduction)
 
 
