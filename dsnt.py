@@ -213,7 +213,8 @@ def _size_xy(size, dtype, name="size"):
     """`size` ordered (..., H, W) -> tensor ordered (W, H, ...) of dtype."""
     if isinstance(size, (list, tuple)):
         if len(size) == 0:
-            raise ValueError(f"`{name}` must list the pixel counts (..., height, width); got {size!r}")
+            raise ValueError(f"`{name}` must list the pixel counts (..., height, width); "
+                             f"got {size!r}")
         for s in size:
             if isinstance(s, (int, np.integer)) and s <= 0:
                 raise ValueError(f"`{name}` entries must be positive, got {size!r}")
@@ -221,7 +222,8 @@ def _size_xy(size, dtype, name="size"):
     else:
         size = tf.cast(tf.convert_to_tensor(size, name=name), dtype)
         if size.shape.rank != 1:
-            raise ValueError(f"`{name}` must be a 1-D list (..., height, width); got shape {size.shape}")
+            raise ValueError(f"`{name}` must be a 1-D list (..., height, width); "
+                             f"got shape {size.shape}")
     return tf.reverse(size, [0])
 
 
