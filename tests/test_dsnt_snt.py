@@ -1,4 +1,6 @@
 """dsnt_snt.DSNT: the Sonnet 2 module over dsnt.dsnt, checked against NumPy."""
+import zlib
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -8,6 +10,14 @@ snt = pytest.importorskip("sonnet")
 from dsnt_snt import DSNT  # noqa: E402
 
 RNG = np.random.default_rng(99)
+
+
+@pytest.fixture(autouse=True)
+def _per_test_rng(request):
+    """Each test draws from its own seeded stream: results do not depend on
+    which other tests ran before it (-k, xdist)."""
+    global RNG
+    RNG = np.random.default_rng(zlib.crc32(request.node.name.encode()))
 
 
 def np_dsnt(x, method="softmax"):
