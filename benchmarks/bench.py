@@ -1,0 +1,737 @@
+#!/usr/bin/env python
+"""Side-by-side benchmarks: our STN sampler and DSNT against the references.
+
+Run from the repository root::
+
+    python benchmarks/bench.py                 # everything, default shapes
+    python benchmarks/bench.py --only stn      # only the sampler
+    python benchmarks/bench.py --tiny          # tiny shapes, 2 repeats (tests)
+    python benchmarks/bench.py --json out.json # also write machine-readable results
+    ./run.sh bench [flags]                     # same, inside .venv
+
+What is timed (one "step", forward + backward unless marked forward-only):
+
+STN sampler, (B, H, W, C) images, a random affine ``theta`` near a rotation
+(angle in +-30 deg, scale 0.9-1.1, translation +-0.1, plus N(0, 0.02) noise),
+output size = input size, bilinear, zeros padding, ``align_corners=False``;
+the loss is ``sum(out * cotangent)`` with a fixed random cotangent and the
+step returns the gradients with respect to the image and ``theta``:
+
+* ``ours``: ``stn.spatial_transformer_network(img, theta)`` inside a plain
+  ``tf.function`` (no flags: the default a user gets).
+* ``seed stn``: the seed's ``stn`` package 1.0.1 (``spatial_transformer_network``
+  in a ``tf.function``), loaded from ``$SEED_STN_DIR`` (default
+  ``.venv/seed-stn``) under another module name. Note it uses the
+  ``align_corners=True``-style grid with an off-by-one scale, so it computes
+  a slightly different warp; same amount of work.
+* ``torch``: PyTorch ``affine_grid`` + ``grid_sample`` on NCHW tensors made
+  beforehand (layout conversion excluded) -- the reference of the ratios;
+  ``torch +NHWC``: the same but starting from / returning NHWC tensors, the
+  permutes (and their gradients) included.
+* ``tf ImageProjectiveTransformV3``: TF's native C++ kernel, forward only
+  (it has no gradient with respect to the transform). Our normalised
+  ``theta`` is converted to its 8-parameter pixel-space form
+  ``M = P_in^-1 . theta . P_out`` where ``P`` maps pixel indices to normalised
+  ``align_corners=False`` coordinates (pixel i of n at (2 i + 1) / n - 1), so
+  it computes the same warp as ``ours`` (bilinear, constant 0 fill).
+
+DSNT, logits of B x H x W with K points, targets uniform in [-0.8, 0.8],
+sigma = 1 pixel (fwhm = 2 sqrt(2 ln 2)); the loss is the coordinate MSE plus
+the Jensen-Shannon regulariser, mean over points; the step returns the
+gradient with respect to the logits:
+
+* ``ours``: ``dsnt.dsnt`` + ``dsnt.mse_loss`` + ``dsnt.js_reg_loss`` (NHWK
+  logits) in a ``tf.function``.
+* ``dsntnn``: ``flat_softmax``, ``dsnt``, ``mse_losses`` + ``js_reg_losses``
+  (same sigma), ``average_loss`` on torch (NKHW logits) -- the reference.
+* ``seed dsnt``: ``benchmarks/seed_dsnt.py``, a TF2 port of the seed's layer
+  (Gaussians built one by one in a ``tf.while_loop`` that concatenates) in a
+  ``tf.function``. One point per image only, so K points are given to it as
+  ``[B * K, H, W, 1]`` (arranged beforehand); its Gaussian centres are in
+  [0, 1] units, so it is given ``(t + 1) / 2``. Its loop copies everything
+  drawn so far at every step (quadratic in B * K); it is skipped above
+  ``--seed-dsnt-max-points`` points.
+
+Method: every implementation of a case is built and warmed up (the first
+call traces / compiles), then ``--repeats`` rounds time one step of each
+implementation in turn, the order rotated every round (interleaved, so a
+noisy neighbour hurts all alike). Reported: median and minimum seconds, and
+the ratio to the reference = median over rounds of (time / reference time in
+the same round). TF and PyTorch use the same number of threads.
+
+Peak memory (``--memory``, on by default except in ``--tiny``), one
+warmed-up step, MiB above what was in use before it (inputs excluded, outputs
+included):
+
+* TF rows: the TF allocator's peak, ``tf.config.experimental.reset_memory_stats``
+  then ``get_memory_info(dev)["peak"] - ["current"]``, on ``GPU:0`` or
+  ``CPU:0`` (TF 2.21 tracks its CPU allocator too; XLA buffers included). It
+  counts allocator bytes, rounded up to the allocator's bins.
+* torch rows: on GPU ``torch.cuda.max_memory_allocated`` growth; on CPU
+  (torch keeps no CPU allocator statistics) the growth of the process's peak
+  resident set: freed heap returned to the OS (``malloc_trim``), peak RSS
+  reset (``/proc/self/clear_refs``), then ``VmHWM - VmRSS`` from
+  ``/proc/self/status``.
+
+The two CPU measures are not identical (allocator bytes vs resident pages), so
+compare memory across frameworks only roughly; "n/a" where neither works.
+"""
+
+import argparse
+import gc
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+STN_SHAPES = [(32, 128, 128, 16), (16, 256, 256, 3), (64, 32, 32, 64)]
+DSNT_CASES = [(64, 64, 64, 1), (64, 64, 64, 16), (256, 64, 64, 1), (256, 64, 64, 16)]
+TINY_STN_SHAPES = [(2, 8, 8, 3), (3, 12, 10, 2)]
+TINY_DSNT_CASES = [(2, 8, 8, 1), (3, 8, 6, 2)]
+
+# The issue's targets: (group, shape, implementation, reference, bound, how)
+#   how "le": time(impl) / time(ref) <= bound;  "speedup": time(ref) / time(impl) >= bound
+TARGETS = [
+    ("stn", (32, 128, 128, 16), "ours", "torch", 1.0, "le"),
+    ("stn", (16, 256, 256, 3), "ours", "torch", 2.0, "le"),
+    ("stn", (32, 128, 128, 16), "ours", "seed stn", 1.5, "speedup"),
+    ("stn", (16, 256, 256, 3), "ours", "seed stn", 1.5, "speedup"),
+    ("dsnt", (256, 64, 64, 1), "ours", "dsntnn", 0.5, "le"),
+    ("dsnt", (256, 64, 64, 16), "ours", "dsntnn", 0.5, "le"),
+]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description="Time our STN sampler and DSNT (forward + backward) side by side "
+                    "with the seed implementations, PyTorch and dsntnn.",
+        epilog="Ratios are the claim, not absolute times: run on a quiet machine, "
+               "or read the ratios (interleaved, paired per round).")
+    p.add_argument("--only", choices=["stn", "dsnt"], help="run one group only")
+    p.add_argument("--tiny", action="store_true",
+                   help="tiny shapes, 2 repeats, 1 warm-up, no memory probe (for the test suite)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed rounds per case (default 15; 2 with --tiny)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed calls per implementation first (default 3; 1 with --tiny)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads for TF and torch (default: the CPUs this process may use)")
+    p.add_argument("--memory", dest="memory", action="store_true", default=None,
+                   help="measure peak memory per step (default on, off with --tiny)")
+    p.add_argument("--no-memory", dest="memory", action="store_false")
+    p.add_argument("--seed-dsnt-max-points", type=int, default=1024,
+                   help="skip the seed DSNT port above this many points B*K (its while_loop "
+                        "is quadratic; default 1024)")
+    p.add_argument("--stn-shapes", default=None,
+                   help="override STN shapes, e.g. '32x128x128x16,16x256x256x3'")
+    p.add_argument("--dsnt-cases", default=None,
+                   help="override DSNT cases B x H x W x K, e.g. '256x64x64x1'")
+    p.add_argument("--json", metavar="PATH", help="write results as JSON to PATH")
+    p.add_argument("--seed", type=int, default=0, help="random seed for the inputs")
+    args = p.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 2 if args.tiny else 15
+    if args.warmup is None:
+        args.warmup = 1 if args.tiny else 3
+    if args.memory is None:
+        args.memory = not args.tiny
+    if args.repeats < 1 or args.warmup < 0:
+        p.error("--repeats must be >= 1 and --warmup >= 0")
+    return args
+
+
+def _parse_shapes(text, n=4):
+    shapes = []
+    for part in text.split(","):
+        dims = tuple(int(d) for d in part.lower().split("x"))
+        if len(dims) != n or min(dims) < 1:
+            raise SystemExit(f"bad shape {part!r}: expected {n} positive sizes like 2x8x8x3")
+        shapes.append(dims)
+    return shapes
+
+
+# ---------------------------------------------------------------------------
+# Machine description and memory probes
+# ---------------------------------------------------------------------------
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _usable_cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _proc_status_kib(field):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class RssProbe:
+    """Peak-RSS growth over one call, via /proc/self/clear_refs (Linux >= 4.0)."""
+
+    def __init__(self):
+        self.ok = False
+        try:
+            import ctypes
+            self._trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            self._trim = None
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.ok = _proc_status_kib("VmHWM") is not None
+        except OSError:
+            self.ok = False
+
+    def measure(self, fn):
+        if not self.ok:
+            return None
+        gc.collect()
+        if self._trim is not None:
+            self._trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _proc_status_kib("VmRSS")
+        fn()
+        peak = _proc_status_kib("VmHWM")
+        if before is None or peak is None:
+            return None
+        return max(peak - before, 0) / 1024.0
+
+
+class MemoryProbe:
+    """Peak memory of one warmed-up step, per framework (see the module docstring)."""
+
+    def __init__(self, tf, torch, gpu):
+        self.tf, self.torch, self.gpu = tf, torch, gpu
+        self.tf_device = "GPU:0" if gpu else "CPU:0"
+        self.rss = RssProbe()
+        try:
+            tf.config.experimental.reset_memory_stats(self.tf_device)
+            tf.config.experimental.get_memory_info(self.tf_device)
+            self.tf_ok = True
+        except (ValueError, RuntimeError, AttributeError):
+            self.tf_ok = False
+        self.torch_cuda = torch is not None and torch.cuda.is_available()
+
+    def methods(self):
+        tf_m = (f"TF rows: TF allocator peak on {self.tf_device} during the step above its "
+                f"current use before (reset_memory_stats + get_memory_info)"
+                if self.tf_ok else
+                "TF rows: peak-RSS growth (see torch)" if self.rss.ok else "TF rows: n/a")
+        if self.torch_cuda:
+            t_m = "torch rows: torch.cuda.max_memory_allocated growth during the step"
+        elif self.rss.ok:
+            t_m = ("torch rows: growth of the process peak RSS during the step (malloc_trim, "
+                   "VmHWM reset via /proc/self/clear_refs, VmHWM - VmRSS before)")
+        else:
+            t_m = "torch rows: n/a"
+        return tf_m + "; " + t_m + "; MiB, one warmed-up step, inputs excluded"
+
+    def measure(self, fn, framework):
+        gc.collect()
+        if framework == "torch":
+            if self.torch_cuda:
+                t = self.torch
+                t.cuda.synchronize()
+                t.cuda.reset_peak_memory_stats()
+                base = t.cuda.memory_allocated()
+                fn()
+                return (t.cuda.max_memory_allocated() - base) / 2**20
+            return self.rss.measure(fn)
+        if not self.tf_ok:
+            return self.rss.measure(fn)
+        exp = self.tf.config.experimental
+        exp.reset_memory_stats(self.tf_device)
+        base = exp.get_memory_info(self.tf_device)["current"]
+        fn()
+        return (exp.get_memory_info(self.tf_device)["peak"] - base) / 2**20
+
+
+# ---------------------------------------------------------------------------
+# Implementations
+# ---------------------------------------------------------------------------
+
+class Impl:
+    """One implementation of one case: ``step()`` runs forward + backward and waits."""
+
+    def __init__(self, name, framework, step, backward=True, note=""):
+        self.name, self.framework, self.step = name, framework, step
+        self.backward, self.note = backward, note
+
+
+def load_seed_stn():
+    """The seed's ``stn`` package (also named ``stn``), under another module name."""
+    root = os.environ.get("SEED_STN_DIR") or os.path.join(ROOT, ".venv", "seed-stn")
+    path = os.path.join(root, "stn", "transformer.py")
+    if not os.path.exists(path):
+        return None, f"seed stn package not found at {path} (./run.sh setup installs it)"
+    spec = importlib.util.spec_from_file_location("seed_stn_transformer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, None
+
+
+def random_theta(rng, batch):
+    """Affine thetas [B, 2, 3] near a rotation (normalised, output -> input)."""
+    import numpy as np
+    angle = rng.uniform(-np.pi / 6, np.pi / 6, batch)
+    scale = rng.uniform(0.9, 1.1, batch)
+    c, s = scale * np.cos(angle), scale * np.sin(angle)
+    theta = np.stack([np.stack([c, -s, rng.uniform(-0.1, 0.1, batch)], -1),
+                      np.stack([s, c, rng.uniform(-0.1, 0.1, batch)], -1)], 1)
+    theta += rng.normal(0.0, 0.02, theta.shape)
+    return theta.astype(np.float32)
+
+
+def theta_to_projective_pixels(theta, height, width):
+    """[B, 2, 3] normalised theta -> [B, 8] ImageProjectiveTransformV3 transforms.
+
+    The op maps output pixel (x, y) (column, row; pixel centres at integers)
+    to input point ``((a0 x + a1 y + a2) / k, (b0 x + b1 y + b2) / k)``,
+    ``k = c0 x + c1 y + 1``. With ``align_corners=False`` pixel i of n sits at
+    normalised (2 i + 1) / n - 1, so M = P^-1 . theta . P with
+    P = [[2/W, 0, 1/W - 1], [0, 2/H, 1/H - 1], [0, 0, 1]].
+    """
+    import numpy as np
+    p = np.array([[2.0 / width, 0, 1.0 / width - 1], [0, 2.0 / height, 1.0 / height - 1],
+                  [0, 0, 1]])
+    p_inv = np.linalg.inv(p)
+    t3 = np.concatenate([theta.astype(np.float64),
+                         np.broadcast_to([[[0.0, 0.0, 1.0]]], (theta.shape[0], 1, 3))], 1)
+    m = p_inv @ t3 @ p
+    m = m / m[:, 2:3, 2:3]
+    return m.reshape(-1, 9)[:, :8].astype(np.float32)
+
+
+def stn_impls(shape, rng, env):
+    import numpy as np
+    tf = env["tf"]
+    b, h, w, c = shape
+    img = rng.standard_normal(shape).astype(np.float32)
+    cot = rng.standard_normal(shape).astype(np.float32)
+    theta = random_theta(rng, b)
+    impls, skipped = [], []
+
+    img_tf, cot_tf = tf.constant(img), tf.constant(cot)
+    theta6_tf = tf.constant(theta.reshape(b, 6))
+
+    def tf_step(transformer):
+        @tf.function
+        def step(x, t, g):
+            with tf.GradientTape() as tape:
+                tape.watch([x, t])
+                loss = tf.reduce_sum(transformer(x, t) * g)
+            return tape.gradient(loss, [x, t])
+
+        def run():
+            grads = step(img_tf, theta6_tf, cot_tf)
+            grads[1].numpy()  # wait for the step (asynchronous devices)
+            return grads
+        return run
+
+    impls.append(Impl("ours", "tf", tf_step(env["stn"].spatial_transformer_network),
+                      note="stn.spatial_transformer_network in tf.function"))
+    if env["seed_stn"] is not None:
+        impls.append(Impl("seed stn", "tf", tf_step(env["seed_stn"].spatial_transformer_network),
+                          note="seed stn 1.0.1 in tf.function"))
+    else:
+        skipped.append(("seed stn", env["seed_stn_missing"]))
+
+    torch = env["torch"]
+    if torch is not None:
+        F = torch.nn.functional
+        dev = env["torch_device"]
+        x_nchw = torch.tensor(img.transpose(0, 3, 1, 2).copy(), device=dev, requires_grad=True)
+        g_nchw = torch.tensor(cot.transpose(0, 3, 1, 2).copy(), device=dev)
+        x_nhwc = torch.tensor(img, device=dev, requires_grad=True)
+        g_nhwc = torch.tensor(cot, device=dev)
+        t_t = torch.tensor(theta, device=dev, requires_grad=True)
+        size = (b, c, h, w)
+
+        def torch_nchw():
+            grid = F.affine_grid(t_t, size, align_corners=False)
+            out = F.grid_sample(x_nchw, grid, mode="bilinear", padding_mode="zeros",
+                                align_corners=False)
+            grads = torch.autograd.grad((out * g_nchw).sum(), [x_nchw, t_t])
+            env["torch_sync"]()
+            return grads
+
+        def torch_nhwc():
+            x = x_nhwc.permute(0, 3, 1, 2).contiguous()
+            grid = F.affine_grid(t_t, size, align_corners=False)
+            out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros",
+                                align_corners=False).permute(0, 2, 3, 1).contiguous()
+            grads = torch.autograd.grad((out * g_nhwc).sum(), [x_nhwc, t_t])
+            env["torch_sync"]()
+            return grads
+
+        impls.append(Impl("torch", "torch", torch_nchw,
+                          note="affine_grid + grid_sample, NCHW inputs (layout conversion excluded)"))
+        impls.append(Impl("torch +NHWC", "torch", torch_nhwc,
+                          note="same, NHWC in/out: permutes and their gradients included"))
+    else:
+        skipped.append(("torch", env["torch_missing"]))
+
+    transforms = tf.constant(theta_to_projective_pixels(theta, h, w))
+    out_shape = tf.constant([h, w], tf.int32)
+
+    @tf.function
+    def projective(x, t):
+        return tf.raw_ops.ImageProjectiveTransformV3(
+            images=x, transforms=t, output_shape=out_shape, fill_value=tf.constant(0.0),
+            interpolation="BILINEAR", fill_mode="CONSTANT")
+
+    def native():
+        out = projective(img_tf, transforms)
+        out.numpy()
+        return out
+
+    impls.append(Impl("tf ImageProjectiveTransformV3", "tf", native, backward=False,
+                      note="forward only: no gradient w.r.t. the transform"))
+    return impls, skipped
+
+
+def dsnt_impls(case, rng, env, max_seed_points):
+    import numpy as np
+    tf = env["tf"]
+    b, h, w, k = case
+    logits = rng.standard_normal((b, h, w, k)).astype(np.float32)
+    targets = rng.uniform(-0.8, 0.8, (b, k, 2)).astype(np.float32)
+    sigma = 1.0
+    fwhm = sigma * 2.0 * np.sqrt(2.0 * np.log(2.0))
+    impls, skipped = [], []
+
+    dsnt = env["dsnt"]
+    x_tf = tf.constant(logits)
+    t_tf = tf.constant(targets[:, 0] if k == 1 else targets)
+
+    @tf.function
+    def ours_step(x, t):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            hm, coords = dsnt.dsnt(x)
+            loss = dsnt.mse_loss(coords, t) + dsnt.js_reg_loss(hm, t, fwhm=fwhm)
+        return loss, tape.gradient(loss, x)
+
+    def ours():
+        out = ours_step(x_tf, t_tf)
+        out[0].numpy()
+        return out
+
+    impls.append(Impl("ours", "tf", ours, note="dsnt.dsnt + mse_loss + js_reg_loss in tf.function"))
+
+    torch, dsntnn = env["torch"], env["dsntnn"]
+    if torch is not None and dsntnn is not None:
+        dev = env["torch_device"]
+        x_t = torch.tensor(logits.transpose(0, 3, 1, 2).copy(), device=dev, requires_grad=True)
+        t_t = torch.tensor(targets, device=dev)
+
+        def dsntnn_step():
+            hm = dsntnn.flat_softmax(x_t)
+            coords = dsntnn.dsnt(hm)
+            losses = dsntnn.mse_losses(coords, t_t) + dsntnn.js_reg_losses(hm, t_t, sigma_t=sigma)
+            loss = dsntnn.average_loss(losses)
+            (grad,) = torch.autograd.grad(loss, [x_t])
+            env["torch_sync"]()
+            return loss, grad
+
+        impls.append(Impl("dsntnn", "torch", dsntnn_step,
+                          note="flat_softmax, dsnt, mse_losses + js_reg_losses, average_loss"))
+    else:
+        skipped.append(("dsntnn", env["torch_missing"] or env["dsntnn_missing"]))
+
+    points = b * k
+    if points <= max_seed_points:
+        seed = env["seed_dsnt"]
+        xs_tf = tf.constant(logits.transpose(0, 3, 1, 2).reshape(b * k, h, w, 1))
+        ts = targets.reshape(b * k, 2)
+        ts_tf, centres_tf = tf.constant(ts), tf.constant((ts + 1.0) / 2.0)
+
+        @tf.function
+        def seed_step(x, t, centres):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                hm, coords = seed.dsnt(x)
+                loss = (tf.reduce_mean(tf.square(coords - t))
+                        + seed.js_reg_loss(hm, centres, fwhm=fwhm))
+            return loss, tape.gradient(loss, x)
+
+        def seed_run():
+            out = seed_step(xs_tf, ts_tf, centres_tf)
+            out[0].numpy()
+            return out
+
+        impls.append(Impl("seed dsnt", "tf", seed_run,
+                          note="TF2 port of the seed (while_loop Gaussians), K folded into B"))
+    else:
+        skipped.append(("seed dsnt", f"B*K = {points} points > --seed-dsnt-max-points "
+                                     f"{max_seed_points} (its while_loop copies quadratically)"))
+    return impls, skipped
+
+
+# ---------------------------------------------------------------------------
+# Timing
+# ---------------------------------------------------------------------------
+
+def time_case(impls, repeats, warmup):
+    for impl in impls:
+        for _ in range(max(warmup, 1)):  # at least once: tracing is never timed
+            impl.step()
+    times = {impl.name: [] for impl in impls}
+    n = len(impls)
+    for r in range(repeats):
+        for i in range(n):
+            impl = impls[(i + r) % n]
+            t0 = time.perf_counter()
+            impl.step()
+            times[impl.name].append(time.perf_counter() - t0)
+    return times
+
+
+def paired_ratio(num, den):
+    return statistics.median(a / b for a, b in zip(num, den))
+
+
+def run_group(group, cases, build, reference, args, env, probe):
+    results = []
+    for case in cases:
+        rng = env["np"].random.default_rng(args.seed)
+        impls, skipped = build(case, rng)
+        times = time_case(impls, args.repeats, args.warmup)
+        ref = reference if reference in times else None
+        seed_name = "seed stn" if group == "stn" else "seed dsnt"
+        rows = []
+        for impl in impls:
+            t = times[impl.name]
+            mem = None
+            if probe is not None:
+                mem = probe.measure(impl.step, impl.framework)
+            rows.append({
+                "impl": impl.name,
+                "framework": impl.framework,
+                "backward": impl.backward,
+                "note": impl.note,
+                "median_s": statistics.median(t),
+                "min_s": min(t),
+                "times_s": t,
+                "ratio_vs_reference": paired_ratio(t, times[ref]) if ref else None,
+                "ratio_vs_seed": (paired_ratio(t, times[seed_name])
+                                  if seed_name in times else None),
+                "peak_mem_mib": mem,
+            })
+        results.append({"group": group, "shape": list(case), "reference": ref,
+                        "rows": rows,
+                        "skipped": [{"impl": n, "reason": why} for n, why in skipped]})
+        print_case(results[-1])
+        del impls
+        gc.collect()
+    return results
+
+
+def _fmt(x, spec, none="n/a"):
+    return none if x is None else format(x, spec)
+
+
+def print_case(res):
+    dims = "B,H,W,C" if res["group"] == "stn" else "B,H,W,K"
+    shape = ",".join(str(d) for d in res["shape"])
+    print(f"\n{res['group'].upper()}  {dims} = {shape}   (reference: {res['reference'] or 'none'})")
+    seed_name = "seed stn" if res["group"] == "stn" else "seed dsnt"
+    print(f"  {'implementation':40s} {'median ms':>10s} {'min ms':>9s} {'x ref':>7s} "
+          f"{'x ' + seed_name:>13s} {'peak MiB':>9s}")
+    for row in res["rows"]:
+        name = row["impl"] + ("" if row["backward"] else " (fwd only)")
+        print(f"  {name:40s} {row['median_s'] * 1e3:10.2f} {row['min_s'] * 1e3:9.2f} "
+              f"{_fmt(row['ratio_vs_reference'], '7.2f'):>7s} "
+              f"{_fmt(row['ratio_vs_seed'], '13.2f'):>13s} "
+              f"{_fmt(row['peak_mem_mib'], '9.1f'):>9s}")
+    for s in res["skipped"]:
+        print(f"  {s['impl']:40s} skipped: {s['reason']}")
+    sys.stdout.flush()
+
+
+def check_targets(results):
+    checks = []
+    for group, shape, impl, ref, bound, how in TARGETS:
+        res = next((r for r in results if r["group"] == group and tuple(r["shape"]) == shape), None)
+        if res is None:
+            continue
+        rows = {row["impl"]: row for row in res["rows"]}
+        if impl not in rows or ref not in rows:
+            checks.append({"target": f"{group} {shape} {impl} vs {ref}", "holds": None,
+                           "value": None, "bound": bound, "how": how})
+            continue
+        r_impl = rows[impl]
+        # paired ratio impl / ref
+        ratio = paired_ratio(r_impl["times_s"], rows[ref]["times_s"])
+        if how == "le":
+            text = f"{group} {shape}: {impl} / {ref} = {ratio:.2f}x (target <= {bound}x)"
+            holds = ratio <= bound
+            value = ratio
+        else:
+            value = 1.0 / ratio
+            text = f"{group} {shape}: {impl} is {value:.2f}x faster than {ref} (target >= {bound}x)"
+            holds = value >= bound
+        checks.append({"target": text, "holds": holds, "value": value, "bound": bound,
+                       "how": how})
+    return checks
+
+
+def machine_info(env):
+    tf, torch = env["tf"], env["torch"]
+    info = {
+        "cpu_model": _cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": _usable_cpus(),
+        "threads": env["threads"],
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "tf_devices": [d.name for d in tf.config.list_logical_devices()],
+        "tf_gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+        "torch": getattr(torch, "__version__", None),
+        "torch_device": env["torch_device"],
+        "dsntnn": getattr(env["dsntnn"], "__version__", None) if env["dsntnn"] else None,
+        "seed_stn": "1.0.1 (loaded from SEED_STN_DIR)" if env["seed_stn"] else None,
+        "stn_jit_env": os.environ.get("STN_JIT", "(unset: default)"),
+        "load_average_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+    return info
+
+
+def machine_line(info):
+    dev = "GPU " + ", ".join(info["tf_gpus"]) if info["tf_gpus"] else "CPU"
+    la = info["load_average_start"]
+    load = f"; load average {la[0]:.2f}" if la else ""
+    return (f"machine: {info['cpu_model']}, {info['logical_cpus']} logical CPUs "
+            f"({info['usable_cpus']} usable), {info['threads']} threads for TF and torch; "
+            f"device {dev}; {info['platform']}; Python {info['python']}; "
+            f"TensorFlow {info['tensorflow']}; PyTorch {info['torch'] or 'not installed'} "
+            f"({info['torch_device'] or '-'}); dsntnn {info['dsntnn'] or 'not installed'}; "
+            f"seed stn {info['seed_stn'] or 'not installed'}{load}")
+
+
+def setup_env(args):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    if HERE not in sys.path:
+        sys.path.insert(0, HERE)
+    import numpy as np
+    import tensorflow as tf
+
+    threads = args.threads or _usable_cpus()
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    env = {"np": np, "tf": tf, "threads": threads}
+    import stn
+    import dsnt
+    import seed_dsnt
+    env.update(stn=stn, dsnt=dsnt, seed_dsnt=seed_dsnt)
+    env["seed_stn"], env["seed_stn_missing"] = load_seed_stn()
+
+    env["torch"] = env["dsntnn"] = None
+    env["torch_missing"] = env["dsntnn_missing"] = None
+    env["torch_device"] = None
+    env["torch_sync"] = lambda: None
+    try:
+        import torch
+        torch.set_num_threads(threads)
+        env["torch"] = torch
+        if torch.cuda.is_available():
+            env["torch_device"] = "cuda"
+            env["torch_sync"] = torch.cuda.synchronize
+        else:
+            env["torch_device"] = "cpu"
+    except ImportError as e:
+        env["torch_missing"] = f"torch not installed ({e})"
+    try:
+        import dsntnn
+        env["dsntnn"] = dsntnn
+        if not hasattr(dsntnn, "__version__"):
+            try:
+                from importlib.metadata import version
+                dsntnn.__version__ = version("dsntnn")
+            except Exception:  # noqa: BLE001 - version is only reported
+                dsntnn.__version__ = "unknown"
+    except ImportError as e:
+        env["dsntnn_missing"] = f"dsntnn not installed ({e})"
+    return env
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    env = setup_env(args)
+    tf = env["tf"]
+    info = machine_info(env)
+    print(machine_line(info))
+    mode = "tiny" if args.tiny else "full"
+    print(f"mode {mode}: {args.repeats} timed rounds after {args.warmup} warm-up call(s) per "
+          f"implementation, interleaved; times are forward + backward per step unless "
+          f"'fwd only'; 'x ref' = median of per-round ratios to the reference")
+
+    probe = MemoryProbe(tf, env["torch"], bool(info["tf_gpus"])) if args.memory else None
+    memory_method = probe.methods() if probe is not None else "n/a (not measured)"
+    print(f"peak memory: {memory_method}")
+
+    stn_shapes = (_parse_shapes(args.stn_shapes) if args.stn_shapes
+                  else TINY_STN_SHAPES if args.tiny else STN_SHAPES)
+    dsnt_cases = (_parse_shapes(args.dsnt_cases) if args.dsnt_cases
+                  else TINY_DSNT_CASES if args.tiny else DSNT_CASES)
+
+    results = []
+    t_start = time.time()
+    if args.only in (None, "stn"):
+        results += run_group("stn", stn_shapes, lambda s, rng: stn_impls(s, rng, env),
+                             "torch", args, env, probe)
+    if args.only in (None, "dsnt"):
+        results += run_group(
+            "dsnt", dsnt_cases,
+            lambda c, rng: dsnt_impls(c, rng, env, args.seed_dsnt_max_points),
+            "dsntnn", args, env, probe)
+
+    checks = check_targets(results)
+    if checks:
+        print("\nissue targets (default call, forward + backward):")
+        for c in checks:
+            verdict = {True: "HOLDS", False: "MISSED", None: "not measured"}[c["holds"]]
+            print(f"  [{verdict}] {c['target']}")
+    print(f"\ntotal wall time {time.time() - t_start:.1f} s")
+
+    if args.json:
+        payload = {"command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+                   "mode": mode, "repeats": args.repeats, "warmup": args.warmup,
+                   "machine": info, "machine_line": machine_line(info),
+                   "memory_method": memory_method, "cases": results, "targets": checks}
+        with open(args.json, "w") as f:
+            json.dump(payload, f, indent=1)
+        print(f"wrote {args.json}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

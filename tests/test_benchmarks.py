@@ -1,0 +1,143 @@
+"""benchmarks/: the script runs (tiny mode) and its references are faithful.
+
+* ``benchmarks/bench.py --tiny --json`` runs in a subprocess, as a user runs
+  it, and its table / JSON has every row with finite positive times.
+* The TF2 port of the seed's DSNT (``benchmarks/seed_dsnt.py``) gives the
+  same heatmaps and coordinates as our ``dsnt.dsnt`` on a batch of 2, and the
+  same JS loss once its [0, 1] centre units are accounted for.
+* The theta -> ImageProjectiveTransformV3 conversion used as the native
+  timing reference computes the same warp as ours.
+"""
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import dsnt
+import stn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "benchmarks", "bench.py")
+
+
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+seed_dsnt = _load("bench_seed_dsnt", os.path.join(ROOT, "benchmarks", "seed_dsnt.py"))
+bench = _load("bench_module", BENCH)
+
+
+def _optional(name):
+    try:
+        __import__(name)
+        return True
+    except ImportError:
+        return False
+
+
+def _seed_stn_present():
+    root = os.environ.get("SEED_STN_DIR") or os.path.join(ROOT, ".venv", "seed-stn")
+    return os.path.exists(os.path.join(root, "stn", "transformer.py"))
+
+
+def test_help():
+    out = subprocess.run([sys.executable, BENCH, "--help"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for flag in ("--tiny", "--only", "--json", "--repeats", "--threads", "--memory"):
+        assert flag in out.stdout
+
+
+def test_tiny_run_has_every_row(tmp_path):
+    path = tmp_path / "bench.json"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    out = subprocess.run([sys.executable, BENCH, "--tiny", "--memory", "--json", str(path)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=240, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "machine:" in out.stdout
+    data = json.loads(path.read_text())
+    assert data["mode"] == "tiny"
+
+    have_torch = _optional("torch")
+    want = {
+        "stn": {"ours", "tf ImageProjectiveTransformV3"}
+        | ({"seed stn"} if _seed_stn_present() else set())
+        | ({"torch", "torch +NHWC"} if have_torch else set()),
+        "dsnt": {"ours", "seed dsnt"} | ({"dsntnn"} if have_torch and _optional("dsntnn") else set()),
+    }
+    groups = [c["group"] for c in data["cases"]]
+    assert groups == ["stn"] * len(bench.TINY_STN_SHAPES) + ["dsnt"] * len(bench.TINY_DSNT_CASES)
+    for case in data["cases"]:
+        names = {row["impl"] for row in case["rows"]}
+        assert names == want[case["group"]], (case["shape"], names, case["skipped"])
+        for row in case["rows"]:
+            assert len(row["times_s"]) == data["repeats"]
+            assert all(math.isfinite(t) and t > 0 for t in row["times_s"]), row
+            assert math.isfinite(row["median_s"]) and row["median_s"] > 0
+            if case["reference"] is not None:
+                assert math.isfinite(row["ratio_vs_reference"]) and row["ratio_vs_reference"] > 0
+            mem = row["peak_mem_mib"]
+            assert mem is None or (math.isfinite(mem) and mem >= 0)
+            assert row["backward"] == (row["impl"] != "tf ImageProjectiveTransformV3")
+            # every row is printed in the table
+            assert row["impl"] in out.stdout
+        shape = ",".join(str(d) for d in case["shape"])
+        assert shape in out.stdout
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 16, 1), (2, 12, 20, 1)])
+def test_seed_dsnt_port_matches_ours(shape):
+    rng = np.random.default_rng(7)
+    x = tf.constant(rng.normal(0.0, 3.0, shape).astype(np.float32))
+    hm_seed, xy_seed = seed_dsnt.dsnt(x)
+    hm_ours, xy_ours = dsnt.dsnt(x)
+    np.testing.assert_allclose(hm_seed.numpy(), hm_ours.numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(xy_seed.numpy(), xy_ours.numpy(), atol=1e-6)
+
+    # The seed draws its Gaussians from centres in [0, 1] units.
+    centres = rng.uniform(-0.8, 0.8, (shape[0], 2)).astype(np.float32)
+    for fwhm in (1.0, 3.0):
+        js_seed = seed_dsnt.js_reg_loss(hm_seed, tf.constant((centres + 1) / 2), fwhm=fwhm)
+        js_ours = dsnt.js_reg_loss(hm_ours, tf.constant(centres), fwhm=fwhm)
+        np.testing.assert_allclose(js_seed.numpy(), js_ours.numpy(), rtol=1e-5)
+
+
+def test_seed_dsnt_port_runs_in_tf_function_with_gradient():
+    x = tf.random.stateless_normal([4, 8, 8, 1], seed=[1, 2])
+    c = tf.fill([4, 2], 0.5)
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            hm, _ = seed_dsnt.dsnt(x)
+            loss = seed_dsnt.js_reg_loss(hm, c)
+        return loss, tape.gradient(loss, x)
+
+    loss, grad = step(x)
+    assert np.isfinite(loss.numpy()) and np.all(np.isfinite(grad.numpy()))
+    assert np.abs(grad.numpy()).max() > 0
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 12, 2), (2, 9, 17, 1)])
+def test_projective_reference_is_the_same_warp(shape):
+    b, h, w, _ = shape
+    rng = np.random.default_rng(3)
+    img = rng.standard_normal(shape).astype(np.float32)
+    theta = bench.random_theta(rng, b)
+    ours = stn.spatial_transformer_network(tf.constant(img), tf.constant(theta)).numpy()
+    native = tf.raw_ops.ImageProjectiveTransformV3(
+        images=img, transforms=bench.theta_to_projective_pixels(theta, h, w),
+        output_shape=[h, w], fill_value=0.0, interpolation="BILINEAR",
+        fill_mode="CONSTANT").numpy()
+    np.testing.assert_allclose(native, ours, atol=1e-4)
