@@ -50,8 +50,15 @@ the batch, i.e. dsntnn's ``average_loss(losses, mask)`` -- with a mask, the
 masked sum divided by ``max(sum(mask), 1)``. This is a scalar, so the seed's
 ``loss = mse + js_reg_loss(norm_heatmaps, targets)`` works unchanged.
 ``reduction="sum"`` sums, ``reduction="none"`` returns the per-point losses
-(``[B]`` for one point per image, ``[B, K]`` for K points) multiplied by the
-mask if one is given.
+(``[B]`` for one point per image -- ``[B, H, W]`` or ``[B, H, W, 1]`` maps,
+``[B, 2]`` coordinates -- and ``[B, K]`` for K points) multiplied by the mask
+if one is given.
+
+Gradients
+---------
+The expectation and the JS divergence have hand-written (closed-form)
+gradients for speed; all gradients are checked against finite differences in
+the tests. The Gaussian target is differentiable in its centres.
 """
 import math
 
@@ -683,10 +690,13 @@ def _js_sum(p, q, log_q):
 def js_reg_loss(heatmaps, centres, fwhm=1.0, mask=None, reduction="mean"):
     """Jensen-Shannon divergence between heatmaps and target Gaussians.
 
-    The DSNT regulariser: ``JS(p || N(centre, sigma^2))`` per point, exactly
-    dsntnn's ``js_reg_losses(heatmaps, centres, sigma)`` (natural log,
-    epsilon 1e-24 inside the logs) with ``sigma = fwhm / (2 sqrt(2 ln 2))``
-    pixels, followed by the reduction (``average_loss`` by default).
+    The DSNT regulariser: ``JS(p || N(centre, sigma^2))`` per point (natural
+    log, so at most ln 2), dsntnn's ``js_reg_losses(heatmaps, centres, sigma)``
+    with ``sigma = fwhm / (2 sqrt(2 ln 2))`` pixels, followed by the reduction
+    (``average_loss`` by default). The target is dsntnn's normalised
+    ``make_gauss``; the logs of the heatmap and of the mixture carry dsntnn's
+    1e-24, the Gaussian's log is taken from its exponent (a difference of at
+    most 1e-24 per pixel). Gradients flow to ``heatmaps`` and ``centres``.
 
     Args:
       heatmaps: normalised heatmaps, ``[B, H, W]`` (or ``[B, H, W, 1]``) with
@@ -715,8 +725,11 @@ def js_reg_loss(heatmaps, centres, fwhm=1.0, mask=None, reduction="mean"):
 def kl_reg_loss(heatmaps, centres, fwhm=1.0, mask=None, reduction="mean"):
     """Kullback-Leibler divergence ``KL(heatmap || target Gaussian)``.
 
-    dsntnn's ``kl_reg_losses``: ``sum p (log(p + 1e-24) - log(q + 1e-24))``.
-    Arguments, shapes and reduction as :func:`js_reg_loss`.
+    dsntnn's ``kl_reg_losses``: ``sum p (log(p + 1e-24) - log(q + 1e-24))``,
+    with ``log(q + 1e-24)`` evaluated stably from the Gaussian's exponent (so
+    float32 stays accurate where q is near 1e-24). Unbounded: large where the
+    heatmap has mass far from the target. Arguments, shapes and reduction as
+    :func:`js_reg_loss`.
 
     Example:
       >>> loss = dsnt.kl_reg_loss(norm_heatmaps, targets, fwhm=2.0)
