@@ -583,3 +583,76 @@ def test_bad_shapes_name_the_argument():
         stn.grid_sample(tf.zeros([2, 4, 4, 1]), tf.zeros([2, 3, 3, 3]))
     with pytest.raises(TypeError, match="img must be a real-valued tensor"):
         stn.grid_sample(tf.zeros([1, 2, 2, 1], tf.complex64), tf.zeros([1, 1, 1, 2]))
+
+
+# ---------------------------------------------------------------- odd input
+
+@pytest.mark.parametrize("padding_mode", stn.PADDING_MODES)
+@pytest.mark.parametrize("interpolation", stn.INTERPOLATIONS)
+def test_non_finite_theta_never_crashes_or_leaks(padding_mode, interpolation):
+    """NaN theta -> NaN output for that element only; +-inf -> far outside."""
+    rng = np.random.default_rng(16)
+    img = rng.standard_normal((3, 5, 6, 2)).astype(np.float32)
+    theta = np.array([[np.nan] * 6,
+                      [1, 0, np.inf, 0, 1, 0],
+                      [1, 0, 0.1, 0, 1, -0.1]], np.float32)
+    t = tf.constant(theta)
+    with tf.GradientTape() as tape:
+        tape.watch(t)
+        out = stn.spatial_transformer_network(img, t, padding_mode=padding_mode,
+                                              interpolation=interpolation)
+        loss = tf.reduce_sum(out[2])
+    grad = tape.gradient(loss, t).numpy()
+    out = out.numpy()
+    assert np.isnan(out[0]).all()
+    # Other batch elements are untouched by their neighbours' NaN / inf.
+    np.testing.assert_allclose(out[2], reference_warp(img[2:], theta[2:], padding_mode=padding_mode,
+                                                      interpolation=interpolation)[0], atol=1e-5)
+    assert np.isfinite(grad[2]).all()
+    if padding_mode == "zeros":          # x -> inf: everything reads outside
+        np.testing.assert_array_equal(out[1], 0.0)
+    elif padding_mode == "border":       # x -> inf: the right edge column
+        np.testing.assert_allclose(out[1], np.repeat(img[1, :, -1:], 6, axis=1), atol=1e-6)
+
+
+def test_huge_theta_reads_padding():
+    img = tf.random.normal([1, 4, 4, 1])
+    out = stn.spatial_transformer_network(img, [[1e30, 0, 0, 0, 1e30, 0]]).numpy()
+    np.testing.assert_array_equal(out[0, 0, 0], 0.0)
+
+
+@pytest.mark.parametrize("interpolation", stn.INTERPOLATIONS)
+def test_empty_batch_and_unit_images(interpolation):
+    out = stn.spatial_transformer_network(tf.zeros([0, 4, 5, 2]), tf.zeros([0, 6]), (3, 3),
+                                          interpolation=interpolation)
+    assert out.shape == (0, 3, 3, 2)
+    # A 1x1 image with align_corners=True: -1 and 1 are both its centre.
+    one = tf.constant([[[[3.0, -1.0]]]])
+    for padding_mode in stn.PADDING_MODES:
+        out = stn.spatial_transformer_network(one, [[0.5, 0.1, 0.3, 0.2, 0.7, -0.4]], (2, 3),
+                                              align_corners=True, padding_mode=padding_mode,
+                                              interpolation=interpolation)
+        np.testing.assert_array_equal(out.numpy(), np.tile([[[[3.0, -1.0]]]], (1, 2, 3, 1)))
+
+
+def test_dynamic_batch_mismatch_is_reported_in_graphs():
+    with tf.Graph().as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 4, 4, 1])
+        t = tf.compat.v1.placeholder(tf.float32, [None, 6])
+        out = stn.spatial_transformer_network(x, t)
+        with tf.compat.v1.Session() as sess:
+            with pytest.raises(tf.errors.InvalidArgumentError,
+                               match="theta must have the same batch size as the image"):
+                sess.run(out, {x: np.zeros((2, 4, 4, 1)), t: np.zeros((3, 6))})
+
+
+def test_dynamic_theta_size_is_checked():
+    fn = tf.function(lambda x, t: stn.spatial_transformer_network(x, t),
+                     input_signature=[tf.TensorSpec([None, 4, 4, 1], tf.float32),
+                                      tf.TensorSpec([None, None], tf.float32)])
+    x = np.random.default_rng(17).standard_normal((2, 4, 4, 1)).astype(np.float32)
+    np.testing.assert_array_equal(fn(x, np.tile(np.eye(2, 3).reshape(1, 6), (2, 1))).numpy(), x)
+    np.testing.assert_array_equal(
+        fn(x, np.tile([[1.0, 0, 0, 0, 1, 0, 0, 0]], (2, 1)).astype(np.float32)).numpy(), x)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"theta must have shape \[B, 6\]"):
+        fn(x, np.zeros((2, 7), np.float32))
