@@ -144,7 +144,7 @@ def _to_bhwk(heatmaps, name="heatmaps"):
     """Returns ([B, H, W, K] tensor, squeeze) where squeeze means one point."""
     rank = _static_rank(heatmaps, name, (3, 4))
     if rank == 3:
-        return heatmaps[..., tf.newaxis], True
+        return tf.expand_dims(heatmaps, -1), True  # not [..., None]: its gradient is a copy
     return heatmaps, heatmaps.shape[-1] == 1
 
 
@@ -673,16 +673,16 @@ def _js_sum(p, q, log_q):
     total derivative 0.5 (log q - log m) is routed through q (the "+1"
     terms of the x log x derivatives cancel).
     """
-    m = 0.5 * (p + q)
-    lp = tf.math.log(p + _EPS)
-    lm = tf.math.log(m + _EPS)
-    terms = p * (lp - lm) + q * (log_q - lm)
+    lm = tf.math.log(0.5 * (p + q) + _EPS)
+    p_lr = tf.math.log(p + _EPS) - lm  # log ratios, reused by the gradient
+    q_lr = log_q - lm
+    terms = p * p_lr + q * q_lr
     # rows first, then columns: shorter float32 sums, closer to float64
     value = 0.5 * tf.reduce_sum(tf.reduce_sum(terms, axis=2), axis=1)
 
     def grad(upstream):
         u = 0.5 * upstream[:, tf.newaxis, tf.newaxis, :]
-        return u * (lp - lm), u * (log_q - lm), tf.zeros_like(log_q)
+        return u * p_lr, u * q_lr, None  # log_q: routed through q (see above)
 
     return value, grad
 
