@@ -57,7 +57,12 @@ call traces / compiles), then ``--repeats`` rounds time one step of each
 implementation in turn, the order rotated every round (interleaved, so a
 noisy neighbour hurts all alike). Reported: median and minimum seconds, and
 the ratio to the reference = median over rounds of (time / reference time in
-the same round). TF and PyTorch use the same number of threads.
+the same round). TF and PyTorch use the same number of threads (``--threads``;
+by default the CPUs this process may use, which is TF's own default). On a
+busy machine multi-threaded steps stall whenever one of their threads is
+descheduled -- PyTorch's OpenMP barriers by up to 100x on small steps -- so
+the script warns when the load average exceeds the CPU count; ``--threads 1``
+then gives the fairer comparison of the kernels themselves.
 
 Peak memory (``--memory``, on by default except in ``--tiny``), one
 warmed-up step, MiB above what was in use before it (inputs excluded, outputs
@@ -121,7 +126,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed calls per implementation first (default 3; 1 with --tiny)")
     p.add_argument("--threads", type=int, default=None,
-                   help="intra-op threads for TF and torch (default: the CPUs this process may use)")
+                   help="threads for TF (intra- and inter-op) and torch (default: the CPUs this "
+                        "process may use, TF's own default); --threads 1 compares single-threaded "
+                        "kernels, immune to a busy machine")
     p.add_argument("--memory", dest="memory", action="store_true", default=None,
                    help="measure peak memory per step (default on, off with --tiny)")
     p.add_argument("--no-memory", dest="memory", action="store_false")
@@ -647,6 +654,7 @@ def setup_env(args):
     threads = args.threads or _usable_cpus()
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     env = {"np": np, "tf": tf, "threads": threads}
     import stn
     import dsnt
@@ -694,6 +702,12 @@ def main(argv=None):
           f"implementation, interleaved; times are forward + backward per step unless "
           f"'fwd only'; 'x ref' = median of per-round ratios to the reference")
 
+    la = info["load_average_start"]
+    if la and la[0] > info["usable_cpus"] - 0.5 and env["threads"] > 1:
+        print(f"warning: load average {la[0]:.2f} with {info['usable_cpus']} usable CPUs: the "
+              f"machine is busy, and multi-threaded steps stall whenever one of their threads "
+              f"is descheduled (PyTorch's OpenMP barriers worst of all, up to 100x on small "
+              f"steps). Compare with --threads 1 as well.")
     probe = MemoryProbe(tf, env["torch"], bool(info["tf_gpus"])) if args.memory else None
     memory_method = probe.methods() if probe is not None else "n/a (not measured)"
     print(f"peak memory: {memory_method}")
@@ -721,6 +735,9 @@ def main(argv=None):
             verdict = {True: "HOLDS", False: "MISSED", None: "not measured"}[c["holds"]]
             print(f"  [{verdict}] {c['target']}")
     print(f"\ntotal wall time {time.time() - t_start:.1f} s")
+    if hasattr(os, "getloadavg"):
+        info["load_average_end"] = os.getloadavg()
+        print("load average at the end: " + ", ".join(f"{v:.2f}" for v in info["load_average_end"]))
 
     if args.json:
         payload = {"command": " ".join([os.path.basename(sys.executable)] + sys.argv),
