@@ -128,7 +128,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None,
                    help="threads for TF (intra- and inter-op) and torch (default: the CPUs this "
                         "process may use, TF's own default); --threads 1 compares single-threaded "
-                        "kernels, immune to a busy machine")
+                        "kernels, far less sensitive to a busy machine")
     p.add_argument("--memory", dest="memory", action="store_true", default=None,
                    help="measure peak memory per step (default on, off with --tiny)")
     p.add_argument("--no-memory", dest="memory", action="store_false")
