@@ -189,6 +189,11 @@ def _normalized_to_pixel(coord, size):
     return 0.5 * ((coord + 1.0) * size - 1.0)
 
 
+def _pixels_per_unit(size, dtype):
+    """One normalised unit spans n / 2 pixels (the [-1, 1] range spans n)."""
+    return tf.cast(size, dtype) / 2.0
+
+
 def normalized_linspace(length, dtype=tf.float32):
     """Normalised centres of the ``length`` pixels along one axis.
 
@@ -501,13 +506,13 @@ def _assert_batch_points(c, x4, name):
 def _gauss_exponents(c, height, width, sigma):
     """Log 1-D Gaussian factors for centres c [B, K, 2]: (ex [B, W, K], ey [B, H, K]).
 
-    sigma pixels = 2 sigma / n normalised units, hence -(d^2) n^2 / (8 sigma^2).
+    -(d^2) / (2 sigma^2) with the distance d to the centre in pixels.
     """
     exponents = []
     for n, coord in ((width, c[:, tf.newaxis, :, 0]), (height, c[:, tf.newaxis, :, 1])):
-        nf = tf.cast(n, c.dtype)
         grid = normalized_linspace(n, c.dtype)[:, tf.newaxis]  # [n, 1]
-        exponents.append(-tf.square(grid - coord) * (nf * nf / (8.0 * sigma * sigma)))
+        d = (grid - coord) * _pixels_per_unit(n, c.dtype)
+        exponents.append(-tf.square(d) / (2.0 * sigma * sigma))
     return exponents
 
 
@@ -779,8 +784,8 @@ def variance_reg_loss(heatmaps, fwhm=1.0, mask=None, reduction="mean"):
         vals = normalized_linspace(n, cdtype)[:, tf.newaxis]    # [n, 1]
         mu = tf.reduce_sum(marg * vals, axis=1, keepdims=True)  # [B, 1, K]
         var = tf.reduce_sum(marg * tf.square(vals - mu), axis=1)  # [B, K]
-        half = tf.cast(n, cdtype) / 2.0
-        total = total + tf.square(var * half * half - sigma * sigma)
+        ppu = _pixels_per_unit(n, cdtype)
+        total = total + tf.square(var * ppu * ppu - sigma * sigma)  # pixels^2
     return _finish(total, x, squeeze, mask, reduction)
 
 
