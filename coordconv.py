@@ -5,8 +5,9 @@ the CoordConv solution" (arXiv:1807.03247): a convolution cannot tell *where*
 it is in the image; appending channels that hold each pixel's coordinates
 before the convolution lets it.
 
-This module imports only TensorFlow and NumPy, so it can be copied into any
-graph. It works eagerly, inside `tf.function` with unknown (``None``) batch
+This module imports only TensorFlow, NumPy and the project's two-screen
+``spatial_convention.py`` (the coordinate convention shared with ``stn`` and
+``dsnt``), so the two files can be copied into any graph. It works eagerly, inside `tf.function` with unknown (``None``) batch
 and spatial sizes, in ``tf.compat.v1`` graphs with placeholders, and under
 XLA (``jit_compile=True``).
 
@@ -49,6 +50,8 @@ import numbers
 
 import numpy as np
 import tensorflow as tf
+
+import spatial_convention
 
 __all__ = [
     "add_coords",
@@ -144,13 +147,12 @@ def num_coord_channels(num_spatial_dims=2, with_r=False):
 # --------------------------------------------------------------------------
 
 def _axis_coords(size, dtype, align_corners):
-    """1-D coordinates of `size` pixels (scalar int32 tensor) in [-1, 1]."""
-    i = tf.cast(tf.range(size), dtype)
-    n = tf.cast(size, dtype)
-    if align_corners:
-        # linspace(-1, 1, n); n == 1 -> 0 (denominator clamped to 1).
-        return (2.0 * i - (n - 1.0)) / tf.maximum(n - 1.0, 1.0)
-    return (2.0 * i + 1.0) / n - 1.0
+    """1-D coordinates of `size` pixels (scalar int32 tensor) in [-1, 1].
+
+    The project's shared convention: ``linspace(-1, 1, n)`` (0 for n == 1)
+    with align_corners, pixel centres ``(2 j + 1) / n - 1`` without.
+    """
+    return spatial_convention.pixel_centers(size, align_corners=align_corners, dtype=dtype)
 
 
 def coord_channels(spatial_shape, with_r=False, align_corners=True,

@@ -5,8 +5,9 @@ Coordinate Regression with Convolutional Neural Networks"
 (https://arxiv.org/abs/1801.07372), with the semantics of the authors'
 PyTorch package ``dsntnn`` but TensorFlow's channels-last layout.
 
-This module imports only TensorFlow and NumPy, so it can be copied into any
-graph: TF2 eager, ``tf.function`` (unknown batch and spatial sizes), TF1
+This module imports only TensorFlow, NumPy and the project's small
+``spatial_convention.py`` (the coordinate convention shared with ``stn`` and
+``coordconv``), so the two files can be copied into any graph: TF2 eager, ``tf.function`` (unknown batch and spatial sizes), TF1
 graphs via ``tf.compat.v1`` placeholders and a Session, and XLA
 (``jit_compile=True``).
 
@@ -64,6 +65,8 @@ import math
 
 import numpy as np
 import tensorflow as tf
+
+import spatial_convention
 
 __all__ = [
     "METHODS",
@@ -179,19 +182,19 @@ def _dims_check(tensor, expected, name, what):
 # the one coordinate convention
 # ---------------------------------------------------------------------------
 
+# The formulas live in spatial_convention.py, shared with stn and coordconv:
+# pixel p of n <-> normalised (2 p + 1) / n - 1 (align_corners=False).
 def _pixel_to_normalized(pixel, size):
-    """(2 p + 1) / n - 1: the library's single pixel -> normalised formula."""
-    return (2.0 * pixel + 1.0) / size - 1.0
+    return spatial_convention.pixel_to_normalized(pixel, size, align_corners=False)
 
 
 def _normalized_to_pixel(coord, size):
-    """Inverse of :func:`_pixel_to_normalized`: ((c + 1) n - 1) / 2."""
-    return 0.5 * ((coord + 1.0) * size - 1.0)
+    return spatial_convention.normalized_to_pixel(coord, size, align_corners=False)
 
 
 def _pixels_per_unit(size, dtype):
     """One normalised unit spans n / 2 pixels (the [-1, 1] range spans n)."""
-    return tf.cast(size, dtype) / 2.0
+    return spatial_convention.half_extent(size, False, dtype)
 
 
 def normalized_linspace(length, dtype=tf.float32):
@@ -217,8 +220,7 @@ def normalized_linspace(length, dtype=tf.float32):
         raise TypeError(f"`dtype` must be a floating dtype, got {dtype.name}")
     if isinstance(length, (int, np.integer)) and not isinstance(length, bool) and length <= 0:
         raise ValueError(f"`length` must be a positive number of pixels, got {length}")
-    n = tf.cast(length, dtype)
-    return _pixel_to_normalized(tf.range(n, dtype=dtype), n)
+    return spatial_convention.pixel_centers(length, align_corners=False, dtype=dtype)
 
 
 def _size_xy(size, dtype, name="size"):

@@ -29,14 +29,18 @@ alike); set the environment variable ``STN_JIT=0`` before import, or call
 ``set_jit(False)``, to run it as ordinary TensorFlow ops instead. Both give
 the same numbers.
 
-Only TensorFlow and NumPy are imported: the module can be copied into any
-TF2 program or ``tf.compat.v1`` graph.
+Only TensorFlow, NumPy and the project's ``spatial_convention.py`` (the
+convention as four small functions, shared with ``dsnt`` and ``coordconv``)
+are imported: copy the two files into any TF2 program or ``tf.compat.v1``
+graph.
 """
 import functools
 import os
 
 import numpy as np
 import tensorflow as tf
+
+import spatial_convention
 
 __all__ = [
     "PADDING_MODES", "INTERPOLATIONS", "TRANSFORMS",
@@ -157,15 +161,8 @@ def _static_or_dynamic_shape(x):
 # The coordinate convention (one helper for each direction)
 # --------------------------------------------------------------------------
 
-def _half_extent(size, align_corners, dtype):
-    """Pixels per normalised unit: n/2 (edges at +-1) or (n-1)/2 (centres)."""
-    size = tf.cast(size, dtype)
-    return (size - 1.0) / 2.0 if align_corners else size / 2.0
-
-
-def _centre(size, dtype):
-    """Pixel coordinate of normalised 0: (n - 1) / 2 in both conventions."""
-    return (tf.cast(size, dtype) - 1.0) / 2.0
+_half_extent = spatial_convention.half_extent
+_centre = spatial_convention.centre
 
 
 def normalized_to_pixel(coord, size, align_corners=False):
@@ -185,8 +182,7 @@ def normalized_to_pixel(coord, size, align_corners=False):
     Example:
       >>> normalized_to_pixel(tf.constant([-1., 0., 1.]), 4)   # [-0.5, 1.5, 3.5]
     """
-    coord = _as_float(coord, "coord")
-    return coord * _half_extent(size, align_corners, coord.dtype) + _centre(size, coord.dtype)
+    return spatial_convention.normalized_to_pixel(_as_float(coord, "coord"), size, align_corners)
 
 
 def pixel_to_normalized(coord, size, align_corners=False):
@@ -198,9 +194,7 @@ def pixel_to_normalized(coord, size, align_corners=False):
     Example:
       >>> pixel_to_normalized(tf.constant([0., 3.]), 4)   # [-0.75, 0.75]
     """
-    coord = _as_float(coord, "coord")
-    h = _half_extent(size, align_corners, coord.dtype)
-    return tf.math.divide_no_nan(coord - _centre(size, coord.dtype), h)
+    return spatial_convention.pixel_to_normalized(_as_float(coord, "coord"), size, align_corners)
 
 
 def pixel_centers(size, align_corners=False, dtype=tf.float32):
@@ -212,7 +206,7 @@ def pixel_centers(size, align_corners=False, dtype=tf.float32):
     Example:
       >>> pixel_centers(4)   # [-0.75, -0.25, 0.25, 0.75]
     """
-    return pixel_to_normalized(tf.range(size, dtype=dtype), size, align_corners)
+    return spatial_convention.pixel_centers(size, align_corners, dtype)
 
 
 # --------------------------------------------------------------------------

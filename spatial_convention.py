@@ -1,0 +1,66 @@
+"""The project's one coordinate convention, as functions (shared by stn, dsnt, coordconv).
+
+Normalised coordinates run from -1 to 1 across an axis of ``n`` pixels.
+Pixel coordinates put pixel ``i``'s centre at ``i``.
+
+* ``align_corners=False``: -1 and 1 are the outer edges of the border
+  pixels; pixel ``i`` has normalised centre ``(2i + 1) / n - 1``. DSNT's
+  convention and PyTorch's default.
+* ``align_corners=True``: -1 and 1 are the centres of the corner pixels;
+  pixel ``i`` has normalised centre ``2i / (n - 1) - 1`` (0 when ``n == 1``).
+  CoordConv's channels use this one.
+
+In both, normalised 0 is pixel ``(n - 1) / 2`` and one normalised unit is
+``n / 2`` (``False``) or ``(n - 1) / 2`` (``True``) pixels: every formula
+below is ``pixel = normalised * half_extent + centre``.
+
+Imports only TensorFlow.
+"""
+import tensorflow as tf
+
+__all__ = ["half_extent", "centre", "normalized_to_pixel", "pixel_to_normalized",
+           "pixel_centers"]
+
+
+def half_extent(size, align_corners, dtype):
+    """Pixels per normalised unit: ``n / 2`` (edges at +-1) or ``(n - 1) / 2`` (centres)."""
+    size = tf.cast(size, dtype)
+    return (size - 1.0) / 2.0 if align_corners else size / 2.0
+
+
+def centre(size, dtype):
+    """Pixel coordinate of normalised 0: ``(n - 1) / 2`` in both conventions."""
+    return (tf.cast(size, dtype) - 1.0) / 2.0
+
+
+def normalized_to_pixel(coord, size, align_corners=False):
+    """Normalised coordinates (float tensor) -> pixel coordinates along an axis of ``size``.
+
+    Example:
+      >>> normalized_to_pixel(tf.constant([-1., 0., 1.]), 4)   # [-0.5, 1.5, 3.5]
+    """
+    return coord * half_extent(size, align_corners, coord.dtype) + centre(size, coord.dtype)
+
+
+def pixel_to_normalized(coord, size, align_corners=False):
+    """Pixel coordinates (float tensor) -> normalised; the inverse of ``normalized_to_pixel``.
+
+    With ``align_corners=True`` and ``size == 1`` every coordinate maps to 0.
+
+    Example:
+      >>> pixel_to_normalized(tf.constant([0., 3.]), 4)   # [-0.75, 0.75]
+    """
+    return tf.math.divide_no_nan(coord - centre(size, coord.dtype),
+                                 half_extent(size, align_corners, coord.dtype))
+
+
+def pixel_centers(size, align_corners=False, dtype=tf.float32):
+    """Normalised coordinates of the centres of ``size`` pixels, shape ``[size]``.
+
+    ``align_corners=False``: ``(2i + 1) / n - 1``; ``True``: ``linspace(-1, 1, n)``
+    (``[0.]`` for one pixel). ``size`` may be a scalar tensor.
+
+    Example:
+      >>> pixel_centers(4)   # [-0.75, -0.25, 0.25, 0.75]
+    """
+    return pixel_to_normalized(tf.range(size, dtype=dtype), size, align_corners)
