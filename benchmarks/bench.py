@@ -97,7 +97,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 STN_SHAPES = [(32, 128, 128, 16), (16, 256, 256, 3), (64, 32, 32, 64)]
 DSNT_CASES = [(64, 64, 64, 1), (64, 64, 64, 16), (256, 64, 64, 1), (256, 64, 64, 16)]
-TINY_STN_SHAPES = [(2, 8, 8, 3), (3, 12, 10, 2)]
+TINY_STN_SHAPES = [(3, 12, 10, 2)]
 TINY_DSNT_CASES = [(2, 8, 8, 1), (3, 8, 6, 2)]
 
 # The targets: (group, shape, implementation, reference, bound, how)

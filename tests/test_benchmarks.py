@@ -62,7 +62,7 @@ def test_tiny_run_has_every_row(tmp_path):
     path = tmp_path / "bench.json"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     out = subprocess.run([sys.executable, BENCH, "--tiny", "--memory", "--json", str(path)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=240, env=env)
+                         capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "machine:" in out.stdout
     data = json.loads(path.read_text())
