@@ -77,6 +77,7 @@ def test_grid_sample_matches_torch(align_corners, padding_mode, interpolation):
     np.testing.assert_allclose(ggrid.numpy(), ref_ggrid, rtol=0, atol=1e-11)
 
 
+@pytest.mark.filterwarnings("ignore:Since version 1.3.0, affine_grid behavior")
 @pytest.mark.parametrize("out_dims", [None, (4, 5), (13, 11), (1, 1)], ids=str)
 @pytest.mark.parametrize("align_corners,padding_mode,interpolation", COMBOS, ids=COMBO_IDS)
 def test_transformer_matches_torch_float32(align_corners, padding_mode, interpolation, out_dims):
