@@ -327,6 +327,8 @@ def main(argv=None):
     parser = build_parser(prog="python -m experiments.stn_classify",
                           description=__doc__.split("\n\n")[0])
     cfg = config_from_args(argv, parser)
+    # one tf.function per run: TF's "triggered tf.function retracing" warning is expected
+    tf.get_logger().setLevel("ERROR")
     run(cfg, argv)
     return 0
 
