@@ -59,11 +59,13 @@ INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
 # Cubic convolution constant used by PyTorch (and OpenCV) for "bicubic".
 _CUBIC_A = -0.75
 
-# Below this many channels the four bilinear corners are gathered as one row
+# Up to this many channels the four bilinear corners are gathered as one row
 # of a neighbour-stacked copy of the image (one index per output pixel);
 # above it, four indices per output pixel into the padded image are cheaper.
-# Chosen from benchmarks/bench.py runs (see README, Performance).
-_STACKED_MAX_CHANNELS = 8
+# benchmarks/stacked_threshold.py, forward + backward, stacked / four-index
+# time on a quiet 2-core CPU: 0.84 (C=1), 0.83 (3), 0.92 (4), 1.11 (8),
+# 1.30 (16), 1.32 (32).
+_STACKED_MAX_CHANNELS = 4
 
 _JIT = os.environ.get("STN_JIT", "1").strip().lower() not in ("0", "false", "no", "off")
 
