@@ -19,7 +19,7 @@ setup() {
     if [ ! -f "$stamp" ]; then
         "$VENV/bin/python" -m pip install -q --upgrade pip
         "$VENV/bin/python" -m pip install -q -e ".[test]"
-        "$VENV/bin/python" -m pip install -q --no-deps --target "$SEED_STN_DIR" stn==1.0.1
+        "$VENV/bin/python" -m pip install -q --no-deps --upgrade --target "$SEED_STN_DIR" stn==1.0.1
         touch "$stamp"
     fi
     export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
