@@ -76,7 +76,21 @@ CASES = {
     "dsnt.make_gauss": (lambda c: dsnt.make_gauss(c, (8, 10), fwhm=2.0), (CENTRES,), (0,)),
     "dsnt.normalized_to_pixel_coordinates": (
         lambda c: dsnt.normalized_to_pixel_coordinates(c, (8, 10)), (CENTRES,), (0,)),
+    "stn.affine_theta": (stn.affine_theta, (f32(2, 6),), (0,)),
+    "stn.transform_theta[diffeomorphic]": (lambda p: stn.transform_theta("diffeomorphic", p),
+                                           (0.3 * f32(2, 6),), (0,)),
+    "stn.AffineWarpConstraints.theta": (stn.AffineWarpConstraints.no_shear().theta,
+                                        (f32(2, 4),), (0,)),
+    "dsnt.normalize_heatmaps": (lambda h: dsnt.normalize_heatmaps(h, "sigmoid"), (HEAT,), (0,)),
+    "dsnt.heatmap_coords": (lambda h: dsnt.heatmap_coords(dsnt.normalize_heatmaps(h)), (HEAT,), (0,)),
+    "dsnt.l1_loss": (dsnt.l1_loss, (CENTRES, 0.5 * CENTRES), (0, 1)),
+    "dsnt.average_loss": (lambda l, m: dsnt.average_loss(l, m), (f32(2, 3), f32(2, 3, low=0, high=1)),
+                          (0,)),
     "coordconv.add_coords": (lambda x: coordconv.add_coords(x, with_r=True), (IMG,), (0,)),
+    "coordconv.coord_conv1d": (lambda x, w: coordconv.coord_conv1d(x, w),
+                               (f32(2, 9, 3), f32(3, 4, 2)), (0, 1)),
+    "coordconv.coord_conv3d": (lambda x, w: coordconv.coord_conv3d(x, w, with_r=True),
+                               (f32(1, 4, 5, 6, 2), f32(2, 2, 2, 6, 3)), (0, 1)),
     "coordconv.coord_conv2d": (lambda x, w: coordconv.coord_conv2d(x, w), (IMG, FILTERS), (0, 1)),
 }
 
