@@ -80,26 +80,12 @@ _CHANNELS_FIRST_FOR_RANK = {3: "NCW", 4: "NCHW", 5: "NCDHW"}
 # --------------------------------------------------------------------------
 
 def _check_bool(value, name):
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    raise TypeError(f"`{name}` must be a Python bool (True or False), "
-                    f"got {value!r} of type {type(value).__name__}.")
+    return spatial_convention.check_bool(f"`{name}`", value)
 
 
 def _to_float_tensor(inputs, name="inputs"):
-    """Converts to a tensor; keeps float dtypes, casts integers/bool to float32."""
-    try:
-        inputs = tf.convert_to_tensor(inputs)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"`{name}` must be a tensor or array-like of numbers, "
-                        f"got {type(inputs).__name__}: {e}") from e
-    dtype = inputs.dtype
-    if dtype in _FLOAT_DTYPES:
-        return inputs
-    if dtype.is_integer or dtype == tf.bool:
-        return tf.cast(inputs, tf.float32)
-    raise TypeError(f"`{name}` must have a real floating-point, integer or bool "
-                    f"dtype, got {dtype.name}.")
+    """Keeps float dtypes, casts integers/bool to float32."""
+    return spatial_convention.as_float_tensor(inputs, f"`{name}`")
 
 
 def _resolve_data_format(data_format, rank, name="data_format"):
@@ -146,15 +132,6 @@ def num_coord_channels(num_spatial_dims=2, with_r=False):
 # coordinate channels (the one place they are built)
 # --------------------------------------------------------------------------
 
-def _axis_coords(size, dtype, align_corners):
-    """1-D coordinates of `size` pixels (scalar int32 tensor) in [-1, 1].
-
-    The project's shared convention: ``linspace(-1, 1, n)`` (0 for n == 1)
-    with align_corners, pixel centres ``(2 j + 1) / n - 1`` without.
-    """
-    return spatial_convention.pixel_centers(size, align_corners=align_corners, dtype=dtype)
-
-
 def coord_channels(spatial_shape, with_r=False, align_corners=True,
                    dtype=tf.float32, batch_size=None):
     """Builds the coordinate channels alone, channels-last.
@@ -199,13 +176,13 @@ def coord_channels(spatial_shape, with_r=False, align_corners=True,
                              f"got {spatial_shape!r}.")
     sizes = [tf.cast(s, tf.int32) for s in sizes]
 
-    compute_dtype = tf.float64 if dtype == tf.float64 else tf.float32
+    compute_dtype = spatial_convention.compute_dtype(dtype)
     full = tf.stack(sizes + [1])  # [*spatial, 1]
     channels = []
     # Spatial axis a (0..n-1) carries the coordinate named by n - 1 - a:
     # the last axis is x, the one before y, the first of three z.
     for a in reversed(range(n)):
-        c = _axis_coords(sizes[a], compute_dtype, align_corners)
+        c = spatial_convention.pixel_centers(sizes[a], align_corners, compute_dtype)
         shape = [1] * (n + 1)
         shape[a] = -1
         channels.append(tf.broadcast_to(tf.reshape(c, shape), full))

@@ -106,32 +106,17 @@ _EPS = 1e-24
 # ---------------------------------------------------------------------------
 
 def _float_tensor(x, name, dtype=None):
-    """Converts to a floating tensor: ints/bools -> float32 (or `dtype`)."""
-    try:
-        x = tf.convert_to_tensor(x, name=name)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"`{name}` must be convertible to a tensor, got "
-                        f"{type(x).__name__}: {e}") from None
-    if dtype is not None:
-        return tf.cast(x, dtype) if x.dtype != dtype else x
-    if x.dtype.is_floating:
-        return x
-    if x.dtype.is_integer or x.dtype == tf.bool:
-        return tf.cast(x, tf.float32)
-    raise TypeError(f"`{name}` must be a real-valued tensor, got dtype "
-                    f"{x.dtype.name}")
+    """Real-valued tensor (ints/bools -> float32), or cast to ``dtype`` if given."""
+    x = spatial_convention.as_float_tensor(x, f"`{name}`")
+    return x if dtype is None or x.dtype == dtype else tf.cast(x, dtype)
 
 
-def _compute_dtype(dtype):
-    """Half types are computed in float32; others in their own dtype."""
-    return tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
+# Half types are computed in float32; others in their own dtype.
+_compute_dtype = spatial_convention.compute_dtype
 
 
 def _check_option(value, allowed, name):
-    if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, allowed))}; "
-                         f"got {value!r}")
-    return value
+    return spatial_convention.check_option(f"`{name}`", value, allowed)
 
 
 def _static_rank(x, name, allowed):
@@ -183,18 +168,8 @@ def _dims_check(tensor, expected, name, what):
 # ---------------------------------------------------------------------------
 
 # The formulas live in spatial_convention.py, shared with stn and coordconv:
-# pixel p of n <-> normalised (2 p + 1) / n - 1 (align_corners=False).
-def _pixel_to_normalized(pixel, size):
-    return spatial_convention.pixel_to_normalized(pixel, size, align_corners=False)
-
-
-def _normalized_to_pixel(coord, size):
-    return spatial_convention.normalized_to_pixel(coord, size, align_corners=False)
-
-
-def _pixels_per_unit(size, dtype):
-    """One normalised unit spans n / 2 pixels (the [-1, 1] range spans n)."""
-    return spatial_convention.half_extent(size, False, dtype)
+# pixel p of n <-> normalised (2 p + 1) / n - 1 (align_corners=False), and one
+# normalised unit spans n / 2 pixels.
 
 
 def normalized_linspace(length, dtype=tf.float32):
@@ -273,7 +248,7 @@ def pixel_to_normalized_coordinates(coords, size):
       array([[-0.875,  0.75 ]], dtype=float32)
     """
     coords, c, size_xy = _conversion_args(coords, size)
-    return tf.cast(_pixel_to_normalized(c, size_xy), coords.dtype)
+    return tf.cast(spatial_convention.pixel_to_normalized(c, size_xy), coords.dtype)
 
 
 def normalized_to_pixel_coordinates(coords, size):
@@ -294,7 +269,7 @@ def normalized_to_pixel_coordinates(coords, size):
       array([[0., 3.]], dtype=float32)
     """
     coords, c, size_xy = _conversion_args(coords, size)
-    return tf.cast(_normalized_to_pixel(c, size_xy), coords.dtype)
+    return tf.cast(spatial_convention.normalized_to_pixel(c, size_xy), coords.dtype)
 
 
 def fwhm_to_sigma(fwhm):
@@ -513,7 +488,7 @@ def _gauss_exponents(c, height, width, sigma):
     exponents = []
     for n, coord in ((width, c[:, tf.newaxis, :, 0]), (height, c[:, tf.newaxis, :, 1])):
         grid = normalized_linspace(n, c.dtype)[:, tf.newaxis]  # [n, 1]
-        d = (grid - coord) * _pixels_per_unit(n, c.dtype)
+        d = (grid - coord) * spatial_convention.half_extent(n, False, c.dtype)
         exponents.append(-tf.square(d) / (2.0 * sigma * sigma))
     return exponents
 
@@ -786,7 +761,7 @@ def variance_reg_loss(heatmaps, fwhm=1.0, mask=None, reduction="mean"):
         vals = normalized_linspace(n, cdtype)[:, tf.newaxis]    # [n, 1]
         mu = tf.reduce_sum(marg * vals, axis=1, keepdims=True)  # [B, 1, K]
         var = tf.reduce_sum(marg * tf.square(vals - mu), axis=1)  # [B, K]
-        ppu = _pixels_per_unit(n, cdtype)
+        ppu = spatial_convention.half_extent(n, False, cdtype)
         total = total + tf.square(var * ppu * ppu - sigma * sigma)  # pixels^2
     return _finish(total, x, squeeze, mask, reduction)
 

@@ -1,4 +1,4 @@
-"""The project's one coordinate convention, as functions (shared by stn, dsnt, coordconv).
+"""The project's one coordinate convention, and the input rules, shared by stn, dsnt, coordconv.
 
 Normalised coordinates run from -1 to 1 across an axis of ``n`` pixels.
 Pixel coordinates put pixel ``i``'s centre at ``i``.
@@ -14,12 +14,18 @@ In both, normalised 0 is pixel ``(n - 1) / 2`` and one normalised unit is
 ``n / 2`` (``False``) or ``(n - 1) / 2`` (``True``) pixels: every formula
 below is ``pixel = normalised * half_extent + centre``.
 
-Imports only TensorFlow.
+The second half holds the argument rules the three layers share: option
+strings, Python bools, real-valued tensors (floats keep their dtype,
+integers become float32) and the dtype coordinates are computed in.
+
+Imports only TensorFlow and NumPy.
 """
+import numpy as np
 import tensorflow as tf
 
 __all__ = ["half_extent", "centre", "normalized_to_pixel", "pixel_to_normalized",
-           "pixel_centers"]
+           "pixel_centers", "check_option", "check_bool", "as_float_tensor",
+           "compute_dtype"]
 
 
 def half_extent(size, align_corners, dtype):
@@ -64,3 +70,47 @@ def pixel_centers(size, align_corners=False, dtype=tf.float32):
       >>> pixel_centers(4)   # [-0.75, -0.25, 0.25, 0.75]
     """
     return pixel_to_normalized(tf.range(size, dtype=dtype), size, align_corners)
+
+
+# --------------------------------------------------------------------------
+# Input rules shared by the layers (messages name the argument as given)
+# --------------------------------------------------------------------------
+
+def check_option(name, value, allowed):
+    """``value`` if it is one of the strings ``allowed``, else a ValueError listing them."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(
+            f"{name} must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}")
+    return value
+
+
+def check_bool(name, value):
+    """``value`` as a bool if it is a Python or NumPy bool, else a TypeError."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False (a Python bool); got {value!r}")
+    return bool(value)
+
+
+def as_float_tensor(x, name, allow_bool=True):
+    """A real-valued tensor: float dtypes are kept, integers (and bools) become float32."""
+    try:
+        x = tf.convert_to_tensor(x)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be a tensor or array of numbers; "
+                        f"got {type(x).__name__}: {e}") from None
+    dtype = x.dtype
+    if dtype.is_floating:
+        return x
+    if dtype.is_integer or (allow_bool and dtype == tf.bool):
+        return tf.cast(x, tf.float32)
+    kinds = "float, integer or bool" if allow_bool else "float or integer"
+    raise TypeError(f"{name} must be a real-valued tensor ({kinds}); got dtype {dtype.name}")
+
+
+def compute_dtype(*dtypes):
+    """Where coordinates are computed: float64 if any input is, else float32.
+
+    Half precision cannot even count pixels past 2048, so float16 and
+    bfloat16 inputs are computed in float32 and cast back.
+    """
+    return tf.float64 if any(d == tf.float64 for d in dtypes) else tf.float32

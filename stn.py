@@ -30,7 +30,8 @@ alike); set the environment variable ``STN_JIT=0`` before import, or call
 the same numbers.
 
 Only TensorFlow, NumPy and the project's ``spatial_convention.py`` (the
-convention as four small functions, shared with ``dsnt`` and ``coordconv``)
+convention and argument rules as small functions, shared with ``dsnt`` and
+``coordconv``)
 are imported: copy the two files into any TF2 program or ``tf.compat.v1``
 graph.
 """
@@ -84,37 +85,19 @@ def set_jit(enabled):
 # Argument checking
 # --------------------------------------------------------------------------
 
-def _check_option(name, value, allowed):
-    if not isinstance(value, str) or value not in allowed:
-        raise ValueError(
-            f"{name} must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}")
-    return value
-
-
-def _check_bool(name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False; got {value!r}")
-    return bool(value)
+_check_option = spatial_convention.check_option
+_check_bool = spatial_convention.check_bool
+_compute_dtype = spatial_convention.compute_dtype
 
 
 def _as_image(img, name):
-    """Converts to a floating tensor: floats keep their dtype, ints go to float32."""
-    img = tf.convert_to_tensor(img)
-    dtype = img.dtype
-    if dtype.is_floating:
-        return img
-    if dtype.is_integer or dtype == tf.bool:
-        return tf.cast(img, tf.float32)
-    raise TypeError(f"{name} must be a real-valued tensor; got dtype {dtype.name}")
+    """Floats keep their dtype; integer and bool images become float32."""
+    return spatial_convention.as_float_tensor(img, name)
 
 
 def _as_float(x, name):
-    x = tf.convert_to_tensor(x)
-    if x.dtype.is_floating:
-        return x
-    if x.dtype.is_integer:
-        return tf.cast(x, tf.float32)
-    raise TypeError(f"{name} must be a real-valued tensor; got dtype {x.dtype.name}")
+    """Transforms, grids and coordinates: floats kept, integers -> float32."""
+    return spatial_convention.as_float_tensor(x, name, allow_bool=False)
 
 
 def _check_rank(x, name, rank, layout):
@@ -123,16 +106,11 @@ def _check_rank(x, name, rank, layout):
             f"{name} must have rank {rank} ({layout}); got shape {x.shape}")
 
 
-def _compute_dtype(*dtypes):
-    """Coordinates need at least float32: float16 cannot even count to 2048."""
-    return tf.float64 if any(d == tf.float64 for d in dtypes) else tf.float32
-
-
 def _check_size(name, size):
     """Validates an (height, width) pair of positive ints or int scalars."""
     if size is None:
         return None
-    if isinstance(size, (tf.Tensor, tf.Variable, np.ndarray)) and not isinstance(size, np.ndarray):
+    if isinstance(size, (tf.Tensor, tf.Variable)):
         if size.shape.rank is not None and (size.shape.rank != 1 or size.shape[0] not in (None, 2)):
             raise ValueError(f"{name} must be (height, width); got a tensor of shape {size.shape}")
         return (size[0], size[1])
