@@ -60,13 +60,9 @@ INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
 # Cubic convolution constant used by PyTorch (and OpenCV) for "bicubic".
 _CUBIC_A = -0.75
 
-# Up to this many channels the four bilinear corners are gathered as one row
-# of a neighbour-stacked copy of the image (one index per output pixel);
-# above it, four indices per output pixel into the padded image are cheaper.
-# benchmarks/stacked_threshold.py, forward + backward, stacked / four-index
-# time on a quiet 2-core CPU: 0.84 (C=1), 0.83 (3), 0.92 (4), 1.11 (8),
-# 1.30 (16), 1.32 (32).
-_STACKED_MAX_CHANNELS = 4
+# The image gradient's scatter-add is split into this many independent
+# scatters over the batch (see _scatter_add_per_image).
+_SCATTER_PARTS = 4
 
 _JIT = os.environ.get("STN_JIT", "1").strip().lower() not in ("0", "false", "no", "off")
 
@@ -374,12 +370,69 @@ def _clip_int(i, low, high):
     return tf.minimum(tf.maximum(i, low), high)
 
 
+def _scatter_add_per_image(updates, rows, shape):
+    """Scatter-add of ``updates`` ``[B, ..., C]`` at flat ``rows`` ``[B, ...]``
+    into zeros of ``shape`` ``[B, Hp, Wp, C]`` (rows index ``[B * Hp * Wp]``).
+
+    Done as ``_SCATTER_PARTS`` independent scatters over slices of the batch
+    (each image's rows stay inside its own block): XLA runs a scatter as one
+    serial loop on CPU but runs independent ones side by side.
+    """
+    batch = shape[0]
+    per_image = shape[1] * shape[2]
+    bounds = [batch * i // _SCATTER_PARTS for i in range(_SCATTER_PARTS + 1)]
+    parts = []
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        parts.append(tf.math.unsorted_segment_sum(
+            updates[start:stop], rows[start:stop] - start * per_image, (stop - start) * per_image))
+    return tf.reshape(tf.concat(parts, 0), shape)
+
+
+def _interpolate(padded, i00, weights, row_stride):
+    """Bilinear combination of the 2x2 neighbourhoods of a padded image.
+
+    padded: ``[B, Hp, Wp, C]``; i00: ``[B, ...]`` flat index of each
+    top-left corner in ``padded`` viewed as ``[B * Hp * Wp, C]``;
+    row_stride: ``Wp``; weights: ``[B, ..., 4]`` for corners (0,0), (0,1),
+    (1,0), (1,1). Returns ``[B, ..., C]``.
+
+    The gradient is written out. The corners are gathered again in the
+    backward pass instead of being kept from the forward one (a quarter of
+    the activation memory of automatic differentiation), and the forward sum
+    is unrolled: XLA compiles it to one loop, where a reduction over the
+    corner axis ran ~10x slower when no gradient was taken.
+    """
+    c = padded.shape[-1] if padded.shape[-1] is not None else tf.shape(padded)[-1]
+    rows = tf.stack([i00, i00 + 1, i00 + row_stride, i00 + row_stride + 1], axis=-1)
+
+    @tf.custom_gradient
+    def interpolate(padded, weights):
+        flat = tf.reshape(padded, [-1, c])
+        corners = tf.gather(flat, rows)   # [B, ..., 4, C]
+        out = (corners[..., 0, :] * weights[..., 0:1] + corners[..., 1, :] * weights[..., 1:2]
+               + corners[..., 2, :] * weights[..., 2:3] + corners[..., 3, :] * weights[..., 3:4])
+
+        def grad(g):
+            updates = weights[..., None] * g[..., None, :]
+            d_padded = _scatter_add_per_image(updates, rows, tf.shape(padded))
+            d_weights = tf.reduce_sum(tf.gather(flat, rows) * g[..., None, :], axis=-1)
+            return d_padded, d_weights
+
+        return out, grad
+
+    return interpolate(padded, weights)
+
+
 def _sample_bilinear(img, x, y, dims):
     """Bilinear interpolation at pixel coordinates; zero outside the image.
 
     The image is padded with zeros (1 pixel before, 2 after), coordinates are
     clamped to [-1, n], which keeps every corner inside the padded image and
     changes no value (outside that band all four corners are padding).
+
+    Every step from ``x``, ``y`` to the corner indices and the weights is
+    exact (clamp, floor, subtraction of the floor), so however a compiler
+    duplicates or fuses them, indices and weights agree.
     """
     _, h, w, c = dims
     hf = tf.cast(h, x.dtype)
@@ -397,20 +450,8 @@ def _sample_bilinear(img, x, y, dims):
     padded = tf.pad(img, [[0, 0], [1, 2], [1, 2], [0, 0]])
     weights = tf.stack([(1.0 - wx) * (1.0 - wy), wx * (1.0 - wy),
                         (1.0 - wx) * wy, wx * wy], axis=-1)
-    weights = tf.cast(weights, img.dtype)
-    b = _batch_index(x)
-    static_c = img.shape[-1]
-    if static_c is not None and static_c <= _STACKED_MAX_CHANNELS:
-        # One gather of the 2x2 neighbourhood stored as a row of 4C values.
-        stacked = tf.concat([padded[:, :-1, :-1], padded[:, :-1, 1:],
-                             padded[:, 1:, :-1], padded[:, 1:, 1:]], axis=-1)
-        rows = _flat_index(b, y0, x0, h + 2, w + 2)
-        corners = tf.gather(tf.reshape(stacked, [-1, 4, c]), rows)
-    else:
-        i00 = _flat_index(b, y0, x0, h + 3, w + 3)
-        rows = tf.stack([i00, i00 + 1, i00 + (w + 3), i00 + (w + 4)], axis=-1)
-        corners = tf.gather(tf.reshape(padded, [-1, c]), rows)
-    return tf.reduce_sum(weights[..., None] * corners, axis=-2)
+    i00 = _flat_index(_batch_index(x), y0, x0, h + 3, w + 3)
+    return _interpolate(padded, i00, tf.cast(weights, img.dtype), w + 3)
 
 
 def _gather_taps(img, xs, ys, dims, weights):
@@ -513,18 +554,17 @@ def _sample_pixels(img, x, y, padding_mode, interpolation, align_corners):
     return _sample_bilinear(img, x, y, dims)
 
 
-def _grid_sample_impl(img, grid, padding_mode, interpolation, align_corners):
+def _grid_pixels(img, grid, align_corners):
+    """Pixel coordinates (x, y) ``[B, Ho, Wo]`` of a normalised sampling grid."""
     cdtype = _compute_dtype(img.dtype, grid.dtype)
     grid = tf.cast(grid, cdtype)
-    h = tf.shape(img)[1]
-    w = tf.shape(img)[2]
-    x = normalized_to_pixel(grid[..., 0], w, align_corners)
-    y = normalized_to_pixel(grid[..., 1], h, align_corners)
-    return _sample_pixels(img, x, y, padding_mode, interpolation, align_corners)
+    x = normalized_to_pixel(grid[..., 0], tf.shape(img)[2], align_corners)
+    y = normalized_to_pixel(grid[..., 1], tf.shape(img)[1], align_corners)
+    return x, y
 
 
-def _transformer_impl(img, theta, out_size, projective, padding_mode, interpolation,
-                      align_corners):
+def _transform_pixels(img, theta, out_size, projective, align_corners):
+    """Pixel coordinates (x, y) ``[B, Ho, Wo]`` in ``img`` of theta's output grid."""
     cdtype = _compute_dtype(img.dtype, theta.dtype)
     theta = tf.cast(theta, cdtype)
     h = tf.shape(img)[1]
@@ -533,8 +573,24 @@ def _transformer_impl(img, theta, out_size, projective, padding_mode, interpolat
         out_size = (h, w)
     in_half = (_half_extent(w, align_corners, cdtype), _half_extent(h, align_corners, cdtype))
     in_centre = (_centre(w, cdtype), _centre(h, cdtype))
-    x, y = _transform_points(theta, projective, out_size, align_corners, in_half, in_centre)
-    return _sample_pixels(img, x, y, padding_mode, interpolation, align_corners)
+    return _transform_points(theta, projective, out_size, align_corners, in_half, in_centre)
+
+
+def _warp(img, pixels_fn, coords_arg, coords_static, padding_mode, interpolation,
+          align_corners):
+    """Coordinates, then the sampler: two compiled functions, on purpose.
+
+    The sampler gets the coordinates as computed values. Inside one XLA
+    computation the coordinate arithmetic would be recomputed in every
+    fusion that uses it, and a multiply-add contracted to an FMA in one
+    fusion but not in another can put the same coordinate on either side of
+    an integer for the corner index and for its weight: a whole pixel wrong
+    (seen once in ~500k output pixels at 32x128x128x16 before this split).
+    From its inputs on, the sampler only rounds exactly (clamp, floor,
+    subtracting the floor), so its indices and weights always agree.
+    """
+    x, y = _run(pixels_fn, img, coords_arg, static=coords_static)
+    return _run(_sample_pixels, img, x, y, static=(padding_mode, interpolation, align_corners))
 
 
 _jitted = {}
@@ -625,9 +681,8 @@ def grid_sample(img, grid, *, align_corners=False, padding_mode="zeros",
     if grid.shape[-1] is not None and grid.shape[-1] != 2:
         raise ValueError(f"grid must have shape [B, Ho, Wo, 2] (x, y); got {grid.shape}")
     deps = _check_batch(img, grid, "grid")
-    return _with_deps(deps, lambda: _run(
-        _grid_sample_impl, img, grid,
-        static=(padding_mode, interpolation, align_corners)))
+    return _with_deps(deps, lambda: _warp(
+        img, _grid_pixels, grid, (align_corners,), padding_mode, interpolation, align_corners))
 
 
 def spatial_transformer_network(input_fmap, theta, out_dims=None, *, align_corners=False,
@@ -669,11 +724,10 @@ def spatial_transformer_network(input_fmap, theta, out_dims=None, *, align_corne
     matrix, projective = _theta_matrix(theta)
     out_size = _check_size("out_dims", out_dims)
     deps = _check_batch(img, matrix, "theta")
-    static = (projective, padding_mode, interpolation, align_corners)
     if out_size is None or all(isinstance(s, int) for s in out_size):
-        # Static output size: the whole layer compiles as one XLA cluster.
-        fn = lambda: _run(_transformer_impl, img, matrix,
-                          static=(out_size,) + static)
+        # Static output size: the grid is generated inside XLA.
+        fn = lambda: _warp(img, _transform_pixels, matrix, (out_size, projective, align_corners),
+                           padding_mode, interpolation, align_corners)
     else:
         # Output size known only at run time (a tensor): grid generation
         # stays outside XLA, the sampling grid goes in.

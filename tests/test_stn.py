@@ -110,6 +110,48 @@ def test_transformer_matches_torch_float32(align_corners, padding_mode, interpol
     np.testing.assert_allclose(gtheta.numpy(), tt.grad.numpy(), rtol=1e-4, atol=1e-3)
 
 
+def np_bilinear_zeros(img, x, y):
+    """Bilinear, zeros outside, at float64 pixel coordinates; also d(sum out)/d img."""
+    b, h, w, c = img.shape
+    x0, y0 = np.floor(x), np.floor(y)
+    out = np.zeros(x.shape + (c,))
+    grad = np.zeros(b * h * w)
+    bidx = np.arange(b).reshape(-1, 1, 1)
+    for dx, dy in itertools.product((0, 1), (0, 1)):
+        xi, yi = x0 + dx, y0 + dy
+        weight = (1 - np.abs(x - xi)) * (1 - np.abs(y - yi))
+        inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+        xi = np.clip(xi, 0, w - 1).astype(int)
+        yi = np.clip(yi, 0, h - 1).astype(int)
+        weight = np.where(inside, weight, 0.0)
+        out += weight[..., None] * img[bidx, yi, xi]
+        grad += np.bincount(((bidx * h + yi) * w + xi).ravel(), weight.ravel(), b * h * w)
+    return out, np.repeat(grad.reshape(b, h, w, 1), c, axis=-1)
+
+
+def test_float32_index_and_weight_agree_under_xla():
+    """Regression: one XLA computation once recomputed the coordinates per
+    fusion, an FMA in one and not the other, so a corner index and its weight
+    disagreed at coordinates within an ulp of an integer: output (15, 126, 117)
+    here was 0 instead of -1.597 and an image gradient was 0.58 off."""
+    rng = np.random.default_rng(0)
+    b, h, w, c = 32, 128, 128, 16
+    img = rng.standard_normal((b, h, w, c)).astype(np.float32)
+    theta = (np.array([[0.9, 0.3, 0.05], [-0.3, 0.9, -0.1]], np.float32)
+             + rng.normal(0, 0.05, (b, 2, 3)).astype(np.float32))
+    grid = np_affine_grid(theta.astype(np.float64), h, w, False)
+    ref_out, ref_grad = np_bilinear_zeros(img.astype(np.float64), np_unnormalize(grid[..., 0], w, False),
+                                          np_unnormalize(grid[..., 1], h, False))
+    x, th = tf.constant(img), tf.constant(theta.reshape(b, 6))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = stn.spatial_transformer_network(x, th)
+    grad = tape.gradient(out, x)
+    # float32 coordinates (O(100) px) cost ~1e-4 here; a mismatch costs O(1).
+    np.testing.assert_allclose(out.numpy(), ref_out, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(grad.numpy(), ref_grad, rtol=0, atol=1e-3)
+
+
 @pytest.mark.parametrize("padding_mode", stn.PADDING_MODES)
 def test_projective_matches_torch_grid_sample(padding_mode):
     rng = np.random.default_rng(2)
@@ -316,6 +358,28 @@ def test_numerical_gradients(padding_mode, interpolation):
     theoretical, numerical = tf.test.compute_gradient(f, [img, theta], delta=1e-6)
     for t, n in zip(theoretical, numerical):
         np.testing.assert_allclose(t, n, atol=1e-6)
+
+
+@pytest.mark.parametrize("jit", [True, False], ids=["xla", "plain"])
+def test_second_order_gradient(jit):
+    """The sampler's written-out gradient is itself differentiable."""
+    rng = np.random.default_rng(9)
+    img = tf.constant(rng.standard_normal((2, 6, 7, 5)))
+    theta = tf.constant(rng.normal(0, 0.2, (2, 6)) + [1, 0.1, 0.05, -0.1, 0.9, 0.02])
+
+    def theta_gradient(x):
+        with tf.GradientTape() as tape:
+            tape.watch(theta)
+            loss = tf.reduce_sum(stn.spatial_transformer_network(x, theta) ** 2)
+        return tape.gradient(loss, theta)
+
+    previous = stn._JIT
+    stn.set_jit(jit)
+    try:
+        analytic, numeric = tf.test.compute_gradient(theta_gradient, [img])
+    finally:
+        stn.set_jit(previous)
+    np.testing.assert_allclose(analytic[0], numeric[0], rtol=0, atol=1e-8)
 
 
 def test_numerical_gradient_wrt_grid():
