@@ -129,11 +129,14 @@ def np_bilinear_zeros(img, x, y):
     return out, np.repeat(grad.reshape(b, h, w, 1), c, axis=-1)
 
 
-def test_float32_index_and_weight_agree_under_xla():
+@pytest.mark.parametrize("user_jit", [False, True], ids=["default", "inside-user-jit"])
+def test_float32_index_and_weight_agree_under_xla(user_jit):
     """Regression: one XLA computation once recomputed the coordinates per
     fusion, an FMA in one and not the other, so a corner index and its weight
     disagreed at coordinates within an ulp of an integer: output (15, 126, 117)
-    here was 0 instead of -1.597 and an image gradient was 0.58 off."""
+    here was 0 instead of -1.597 and an image gradient was 0.58 off (default
+    call under a GradientTape). Also run inside the user's own XLA function,
+    where the layer's two compiled functions are inlined into one."""
     rng = np.random.default_rng(0)
     b, h, w, c = 32, 128, 128, 16
     img = rng.standard_normal((b, h, w, c)).astype(np.float32)
@@ -142,11 +145,15 @@ def test_float32_index_and_weight_agree_under_xla():
     grid = np_affine_grid(theta.astype(np.float64), h, w, False)
     ref_out, ref_grad = np_bilinear_zeros(img.astype(np.float64), np_unnormalize(grid[..., 0], w, False),
                                           np_unnormalize(grid[..., 1], h, False))
-    x, th = tf.constant(img), tf.constant(theta.reshape(b, 6))
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        out = stn.spatial_transformer_network(x, th)
-    grad = tape.gradient(out, x)
+    def warp_and_gradient(x, th):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = stn.spatial_transformer_network(x, th)
+        return out, tape.gradient(out, x)
+
+    if user_jit:
+        warp_and_gradient = tf.function(warp_and_gradient, jit_compile=True)
+    out, grad = warp_and_gradient(tf.constant(img), tf.constant(theta.reshape(b, 6)))
     # float32 coordinates (O(100) px) cost ~1e-4 here; a mismatch costs O(1).
     np.testing.assert_allclose(out.numpy(), ref_out, rtol=0, atol=1e-3)
     np.testing.assert_allclose(grad.numpy(), ref_grad, rtol=0, atol=1e-3)
