@@ -397,8 +397,8 @@ def _interpolate(padded, i00, weights, row_stride):
     (1,0), (1,1). Returns ``[B, ..., C]``.
 
     The gradient is written out. The corners are gathered again in the
-    backward pass instead of being kept from the forward one (a quarter of
-    the activation memory of automatic differentiation), and the forward sum
+    backward pass instead of being kept from the forward one (nothing of
+    size ``[B, ..., 4, C]`` lives between the passes), and the forward sum
     is unrolled: XLA compiles it to one loop, where a reduction over the
     corner axis ran ~10x slower when no gradient was taken.
     """
