@@ -587,7 +587,9 @@ def _warp(img, pixels_fn, coords_arg, coords_static, padding_mode, interpolation
     an integer for the corner index and for its weight: a whole pixel wrong
     (seen once in ~500k output pixels at 32x128x128x16 before this split).
     From its inputs on, the sampler only rounds exactly (clamp, floor,
-    subtracting the floor), so its indices and weights always agree.
+    subtracting the floor), so its indices and weights always agree. (Inside
+    a caller's own XLA function both are inlined into one computation
+    again; tests/test_stn.py checks that case too.)
     """
     x, y = _run(pixels_fn, img, coords_arg, static=coords_static)
     return _run(_sample_pixels, img, x, y, static=(padding_mode, interpolation, align_corners))
