@@ -370,57 +370,60 @@ def _clip_int(i, low, high):
     return tf.minimum(tf.maximum(i, low), high)
 
 
-def _scatter_add_per_image(updates, rows, shape):
-    """Scatter-add of ``updates`` ``[B, ..., C]`` at flat ``rows`` ``[B, ...]``
-    into zeros of ``shape`` ``[B, Hp, Wp, C]`` (rows index ``[B * Hp * Wp]``).
+def _scatter_add_per_image(weights, values, rows, shape):
+    """Scatter-add of ``weights[..., k] * values`` at flat ``rows[..., k]``.
+
+    weights ``[B, ..., K]``, values ``[B, ..., C]``, rows ``[B, ..., K]``
+    indexing ``[B * H * W]``; returns ``shape`` ``[B, H, W, C]``.
 
     Done as ``_SCATTER_PARTS`` independent scatters over slices of the batch
     (each image's rows stay inside its own block): XLA runs a scatter as one
-    serial loop on CPU but runs independent ones side by side.
+    serial loop on CPU but runs independent ones side by side. Each part
+    forms its own updates, so no slice of a large tensor is copied.
     """
     batch = shape[0]
     per_image = shape[1] * shape[2]
     bounds = [batch * i // _SCATTER_PARTS for i in range(_SCATTER_PARTS + 1)]
     parts = []
     for start, stop in zip(bounds[:-1], bounds[1:]):
+        updates = weights[start:stop, ..., None] * values[start:stop, ..., None, :]
         parts.append(tf.math.unsorted_segment_sum(
-            updates[start:stop], rows[start:stop] - start * per_image, (stop - start) * per_image))
+            updates, rows[start:stop] - start * per_image, (stop - start) * per_image))
     return tf.reshape(tf.concat(parts, 0), shape)
 
 
-def _interpolate(padded, i00, weights, row_stride):
-    """Bilinear combination of the 2x2 neighbourhoods of a padded image.
+def _interpolate(img, rows, weights):
+    """``sum_k weights[..., k] * img[rows[..., k]]``: the one weighted gather.
 
-    padded: ``[B, Hp, Wp, C]``; i00: ``[B, ...]`` flat index of each
-    top-left corner in ``padded`` viewed as ``[B * Hp * Wp, C]``;
-    row_stride: ``Wp``; weights: ``[B, ..., 4]`` for corners (0,0), (0,1),
-    (1,0), (1,1). Returns ``[B, ..., C]``.
+    img: ``[B, H, W, C]`` viewed as ``[B * H * W, C]``; rows: ``[B, ..., K]``
+    flat pixel indices (each inside its own image's block); weights:
+    ``[B, ..., K]`` in img's dtype, K static (4 bilinear corners, 1 nearest
+    pixel, 16 bicubic taps). Returns ``[B, ..., C]``.
 
-    The gradient is written out. The corners are gathered again in the
-    backward pass instead of being kept from the forward one (nothing of
-    size ``[B, ..., 4, C]`` lives between the passes), and the forward sum
-    is unrolled: XLA compiles it to one loop, where a reduction over the
-    corner axis ran ~10x slower when no gradient was taken.
+    The gradient is written out. The taps are gathered again in the backward
+    pass instead of being kept from the forward one (nothing of size
+    ``[B, ..., K, C]`` lives between the passes), and the forward sum is
+    unrolled: XLA compiles it to one loop, where a reduction over the tap
+    axis ran 10-18x slower than PyTorch's forward when no gradient was taken.
     """
-    c = padded.shape[-1] if padded.shape[-1] is not None else tf.shape(padded)[-1]
-    rows = tf.stack([i00, i00 + 1, i00 + row_stride, i00 + row_stride + 1], axis=-1)
+    c = img.shape[-1] if img.shape[-1] is not None else tf.shape(img)[-1]
 
     @tf.custom_gradient
-    def interpolate(padded, weights):
-        flat = tf.reshape(padded, [-1, c])
-        corners = tf.gather(flat, rows)   # [B, ..., 4, C]
-        out = (corners[..., 0, :] * weights[..., 0:1] + corners[..., 1, :] * weights[..., 1:2]
-               + corners[..., 2, :] * weights[..., 2:3] + corners[..., 3, :] * weights[..., 3:4])
+    def interpolate(img, weights):
+        flat = tf.reshape(img, [-1, c])
+        taps = tf.gather(flat, rows)   # [B, ..., K, C]
+        out = taps[..., 0, :] * weights[..., 0:1]
+        for k in range(1, rows.shape[-1]):
+            out += taps[..., k, :] * weights[..., k:k + 1]
 
         def grad(g):
-            updates = weights[..., None] * g[..., None, :]
-            d_padded = _scatter_add_per_image(updates, rows, tf.shape(padded))
+            d_img = _scatter_add_per_image(weights, g, rows, tf.shape(img))
             d_weights = tf.reduce_sum(tf.gather(flat, rows) * g[..., None, :], axis=-1)
-            return d_padded, d_weights
+            return d_img, d_weights
 
         return out, grad
 
-    return interpolate(padded, weights)
+    return interpolate(img, weights)
 
 
 def _sample_bilinear(img, x, y, dims):
@@ -451,7 +454,8 @@ def _sample_bilinear(img, x, y, dims):
     weights = tf.stack([(1.0 - wx) * (1.0 - wy), wx * (1.0 - wy),
                         (1.0 - wx) * wy, wx * wy], axis=-1)
     i00 = _flat_index(_batch_index(x), y0, x0, h + 3, w + 3)
-    return _interpolate(padded, i00, tf.cast(weights, img.dtype), w + 3)
+    rows = tf.stack([i00, i00 + 1, i00 + (w + 3), i00 + (w + 4)], axis=-1)
+    return _interpolate(padded, rows, tf.cast(weights, img.dtype))
 
 
 def _gather_taps(img, xs, ys, dims, weights):
@@ -459,13 +463,14 @@ def _gather_taps(img, xs, ys, dims, weights):
 
     xs, ys: integer tap positions [B, Ho, Wo, K]; weights: [B, Ho, Wo, K].
     """
-    _, h, w, c = dims
+    _, h, w, _ = dims
     valid = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
     rows = _flat_index(_batch_index(xs)[..., None],
                        _clip_int(ys, 0, h - 1), _clip_int(xs, 0, w - 1), h, w)
-    values = tf.gather(tf.reshape(img, [-1, c]), rows)
-    values = tf.where(valid[..., None], values, tf.zeros([], img.dtype))
-    return tf.reduce_sum(tf.cast(weights, img.dtype)[..., None] * values, axis=-2)
+    weights = tf.cast(weights, img.dtype)
+    # 0 * w rather than 0: a NaN weight (NaN coordinate) stays NaN.
+    weights = tf.where(valid, weights, 0.0 * weights)
+    return _interpolate(img, rows, weights)
 
 
 def _int_coord(coord):

@@ -367,8 +367,9 @@ def test_numerical_gradients(padding_mode, interpolation):
         np.testing.assert_allclose(t, n, atol=1e-6)
 
 
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
 @pytest.mark.parametrize("jit", [True, False], ids=["xla", "plain"])
-def test_second_order_gradient(jit):
+def test_second_order_gradient(jit, interpolation):
     """The sampler's written-out gradient is itself differentiable."""
     rng = np.random.default_rng(9)
     img = tf.constant(rng.standard_normal((2, 6, 7, 5)))
@@ -377,7 +378,8 @@ def test_second_order_gradient(jit):
     def theta_gradient(x):
         with tf.GradientTape() as tape:
             tape.watch(theta)
-            loss = tf.reduce_sum(stn.spatial_transformer_network(x, theta) ** 2)
+            loss = tf.reduce_sum(stn.spatial_transformer_network(
+                x, theta, interpolation=interpolation) ** 2)
         return tape.gradient(loss, theta)
 
     previous = stn._JIT
