@@ -16,7 +16,6 @@ Example:
 import numbers
 
 import sonnet as snt
-import tensorflow as tf
 
 import coordconv
 

@@ -494,11 +494,18 @@ def _gauss_exponents(c, height, width, sigma):
 
 
 def _gauss_1d(c, height, width, sigma):
-    """Unnormalised 1-D Gaussian factors (peak 1): (gx [B, W, K], gy [B, H, K]).
+    """1-D Gaussian factors and their exponents for centres c [B, K, 2].
 
-    The 2-D Gaussian is their outer product.
+    Returns (ex, ey, gx, gy, norm): exponents ex [B, W, K], ey [B, H, K];
+    peak-1 factors gx = exp(ex), gy = exp(ey), whose outer product is the
+    2-D Gaussian; and norm [B, 1, K] = its grid sum + 1e-24 (dsntnn's
+    normaliser; the grid sum of an outer product is the product of the 1-D
+    sums).
     """
-    return [tf.exp(e) for e in _gauss_exponents(c, height, width, sigma)]
+    ex, ey = _gauss_exponents(c, height, width, sigma)
+    gx, gy = tf.exp(ex), tf.exp(ey)
+    total = tf.reduce_sum(gx, axis=1, keepdims=True) * tf.reduce_sum(gy, axis=1, keepdims=True)
+    return ex, ey, gx, gy, total + _EPS
 
 
 def _gauss_factors(c, height, width, sigma, normalize=True):
@@ -506,12 +513,11 @@ def _gauss_factors(c, height, width, sigma, normalize=True):
 
     Returns (gy [B, H, 1, K], gx [B, 1, W, K]); their product is dsntnn's
     ``make_gauss``: normalised by the grid sum + 1e-24 if `normalize`, else
-    peak 1. The grid sum of an outer product is the product of the 1-D sums.
+    peak 1.
     """
-    gx, gy = _gauss_1d(c, height, width, sigma)
+    _, _, gx, gy, norm = _gauss_1d(c, height, width, sigma)
     if normalize:
-        total = tf.reduce_sum(gx, axis=1, keepdims=True) * tf.reduce_sum(gy, axis=1, keepdims=True)
-        gx = gx / (total + _EPS)
+        gx = gx / norm
     return gy[:, :, tf.newaxis, :], gx[:, tf.newaxis, :, :]
 
 
@@ -522,11 +528,9 @@ def _gauss_and_log(c, height, width, sigma):
     built from the exponents (no [B, H, W, K] logarithm, and exact where q
     is too small for float32).
     """
-    ex, ey = _gauss_exponents(c, height, width, sigma)  # [B, W, K], [B, H, K]
-    gx, gy = tf.exp(ex), tf.exp(ey)
-    total = tf.reduce_sum(gx, axis=1, keepdims=True) * tf.reduce_sum(gy, axis=1, keepdims=True)
-    q = gy[:, :, tf.newaxis, :] * (gx / (total + _EPS))[:, tf.newaxis]
-    log_q = ey[:, :, tf.newaxis, :] + (ex - tf.math.log(total + _EPS))[:, tf.newaxis]
+    ex, ey, gx, gy, norm = _gauss_1d(c, height, width, sigma)
+    q = gy[:, :, tf.newaxis, :] * (gx / norm)[:, tf.newaxis]
+    log_q = ey[:, :, tf.newaxis, :] + (ex - tf.math.log(norm))[:, tf.newaxis]
     return q, log_q
 
 
@@ -721,10 +725,9 @@ def kl_reg_loss(heatmaps, centres, fwhm=1.0, mask=None, reduction="mean"):
     # log(q + eps) from log q = ex + ey - log(S + eps) by a stable logaddexp:
     # forming q first loses its precision where it is tiny (~eps), where
     # the log still sees it.
-    ex, ey = _gauss_exponents(c, shape[1], shape[2], sigma)
-    total = tf.reduce_sum(tf.exp(ex), axis=1) * tf.reduce_sum(tf.exp(ey), axis=1)  # [B, K]
+    ex, ey, _, _, norm = _gauss_1d(c, shape[1], shape[2], sigma)
     log_q = (ey[:, :, tf.newaxis, :] + ex[:, tf.newaxis, :, :]
-             - tf.math.log(total + _EPS)[:, tf.newaxis, tf.newaxis, :])
+             - tf.math.log(norm)[:, tf.newaxis])
     log_eps = math.log(_EPS)
     log_q_eps = tf.maximum(log_q, log_eps) + tf.math.log1p(tf.exp(-tf.abs(log_q - log_eps)))
     terms = p * (tf.math.log(p + _EPS) - log_q_eps)

@@ -9,35 +9,25 @@
 * `STNClassifier`: localisation net -> `stn.spatial_transformer_network` ->
   classifier.
 """
-import numpy as np
 import sonnet as snt
 import tensorflow as tf
 
 import stn
 from coordconv_snt import CoordConv2D
 
-# transform name: (number of parameters, identity parameters, params -> theta)
-TRANSFORMS = {
-    "affine": (6, [1.0, 0.0, 0.0, 0.0, 1.0, 0.0], lambda p: p),
-    "diffeo": (6, [0.0] * 6, lambda p: stn.affine_diffeomorphic_theta(p)),
-    "attention": (3, [1.0, 0.0, 0.0], lambda p: stn.attention_theta(p)),
-    "projective": (8, None, lambda p: stn.projective_theta(p)),
-}
+# The experiments call stn's "diffeomorphic" family "diffeo" (variant and
+# run names); every family's parameter count, identity parameters and
+# params -> theta map come from stn.TRANSFORMS.
+_STN_NAMES = {"diffeo": "diffeomorphic"}
 
 
-def _projective_identity_params():
-    """Parameters that `stn.projective_theta` maps to the identity."""
-    for cand in ([0.0] * 8, [1.0, 0, 0, 0, 1.0, 0, 0, 0]):
-        th = stn.projective_theta(tf.constant([cand], tf.float32)).numpy().reshape(-1)[:9]
-        th = th.reshape(3, 3) / th[8] if th.size == 9 else th
-        if np.allclose(th, np.eye(3), atol=1e-6):
-            return cand
-    raise RuntimeError("could not find identity parameters for stn.projective_theta")
+def _stn_transform(transform):
+    return _STN_NAMES.get(transform, transform)
 
 
 def identity_params(transform):
-    n, ident, _ = TRANSFORMS[transform]
-    return _projective_identity_params() if ident is None else ident
+    """Parameters that the transform family maps to the identity."""
+    return list(stn.TRANSFORMS[_stn_transform(transform)][1])
 
 
 def _conv(coordconv, with_r, channels, kernel, name):
@@ -50,7 +40,17 @@ def _pool(x):
     return tf.nn.max_pool2d(x, 2, 2, "VALID")
 
 
-class Classifier(snt.Module):
+class _ConvNet(snt.Module):
+    """conv -> pool -> relu, twice, then fc -> relu -> fc (layers set by subclasses)."""
+
+    def __call__(self, x):
+        h = tf.nn.relu(_pool(self.conv1(x)))
+        h = tf.nn.relu(_pool(self.conv2(h)))
+        h = tf.nn.relu(self.fc1(snt.flatten(h)))
+        return self.fc2(h)
+
+
+class Classifier(_ConvNet):
     def __init__(self, num_classes=10, channels=(16, 32), hidden=64, coordconv=False,
                  with_r=False, name="classifier"):
         super().__init__(name=name)
@@ -59,30 +59,18 @@ class Classifier(snt.Module):
         self.fc1 = snt.Linear(hidden, name="fc1")
         self.fc2 = snt.Linear(num_classes, name="fc2")
 
-    def __call__(self, x):
-        h = tf.nn.relu(_pool(self.conv1(x)))
-        h = tf.nn.relu(_pool(self.conv2(h)))
-        h = tf.nn.relu(self.fc1(snt.flatten(h)))
-        return self.fc2(h)
 
-
-class LocalisationNet(snt.Module):
+class LocalisationNet(_ConvNet):
     def __init__(self, transform="affine", coordconv=False, with_r=False,
                  channels=(8, 10), hidden=32, name="localisation"):
         super().__init__(name=name)
-        n, _, _ = TRANSFORMS[transform]
+        n = stn.TRANSFORMS[_stn_transform(transform)][0]
         self.conv1 = _conv(coordconv, with_r, channels[0], 7, "conv1")
         self.conv2 = _conv(coordconv, with_r, channels[1], 5, "conv2")
         self.fc1 = snt.Linear(hidden, name="fc1")
         self.fc2 = snt.Linear(n, w_init=snt.initializers.Zeros(),
                               b_init=tf.constant_initializer(identity_params(transform)),
                               name="fc2")
-
-    def __call__(self, x):
-        h = tf.nn.relu(_pool(self.conv1(x)))
-        h = tf.nn.relu(_pool(self.conv2(h)))
-        h = tf.nn.relu(self.fc1(snt.flatten(h)))
-        return self.fc2(h)
 
 
 class STNClassifier(snt.Module):
@@ -94,7 +82,7 @@ class STNClassifier(snt.Module):
         self.classifier = Classifier(num_classes, coordconv=classifier_coordconv, with_r=with_r)
 
     def theta(self, x):
-        return TRANSFORMS[self.transform][2](self.loc(x))
+        return stn.transform_theta(_stn_transform(self.transform), self.loc(x))
 
     def transform_images(self, x):
         return stn.spatial_transformer_network(x, self.theta(x))

@@ -5,7 +5,6 @@ The NumPy references below are written directly from the definitions
 p log p / q), not from dsnt.py's separable/vectorised formulation.
 """
 import math
-import zlib
 
 import numpy as np
 import pytest
@@ -17,13 +16,7 @@ EPS = 1e-24
 FWHM_PER_SIGMA = 2 * math.sqrt(2 * math.log(2))
 RNG = np.random.default_rng(1234)
 
-
-@pytest.fixture(autouse=True)
-def _per_test_rng(request):
-    """Each test draws from its own seeded stream: results do not depend on
-    which other tests ran before it (-k, xdist)."""
-    global RNG
-    RNG = np.random.default_rng(zlib.crc32(request.node.name.encode()))
+pytestmark = pytest.mark.usefixtures("per_test_rng")
 
 
 # --------------------------------------------------------------------------

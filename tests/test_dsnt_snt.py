@@ -1,5 +1,4 @@
 """dsnt_snt.DSNT: the Sonnet 2 module over dsnt.dsnt, checked against NumPy."""
-import zlib
 
 import numpy as np
 import pytest
@@ -11,13 +10,7 @@ from dsnt_snt import DSNT  # noqa: E402
 
 RNG = np.random.default_rng(99)
 
-
-@pytest.fixture(autouse=True)
-def _per_test_rng(request):
-    """Each test draws from its own seeded stream: results do not depend on
-    which other tests ran before it (-k, xdist)."""
-    global RNG
-    RNG = np.random.default_rng(zlib.crc32(request.node.name.encode()))
+pytestmark = pytest.mark.usefixtures("per_test_rng")
 
 
 def np_dsnt(x, method="softmax"):

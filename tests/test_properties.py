@@ -7,7 +7,6 @@ the compiled path gives the same numbers.
 """
 import numpy as np
 import pytest
-import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -611,7 +611,6 @@ def test_invert_and_compose():
 
 
 def test_warp_then_inverse_restores_interior():
-    rng = np.random.default_rng(15)
     # Smooth image, so two resamplings stay close to the original.
     yy, xx = np.mgrid[0:32, 0:32] / 32.0
     img = np.sin(3 * xx + 2 * yy)[None, :, :, None]

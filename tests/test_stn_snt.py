@@ -49,7 +49,6 @@ def test_constraints_and_parameter_count():
 
 def test_learns_a_translation():
     """Gradients reach the localisation head: it learns to undo a shift."""
-    rng = np.random.default_rng(1)
     yy, xx = np.mgrid[0:16, 0:16]
     target = np.exp(-((xx - 7.5) ** 2 + (yy - 7.5) ** 2) / 8.0)[None, :, :, None]
     shifted = np.roll(target, 3, axis=2).astype(np.float32)         # content moved 3 px right
