@@ -14,18 +14,27 @@ In both, normalised 0 is pixel ``(n - 1) / 2`` and one normalised unit is
 ``n / 2`` (``False``) or ``(n - 1) / 2`` (``True``) pixels: every formula
 below is ``pixel = normalised * half_extent + centre``.
 
-The second half holds the argument rules the three layers share: option
+The second part holds the argument rules the three layers share: option
 strings, Python bools, real-valued tensors (floats keep their dtype,
 integers become float32) and the dtype coordinates are computed in.
 
+The last part is the one switch for the XLA-compiled inner functions (the
+STN sampler, DSNT's divergences): :func:`compiled` runs a function through
+``tf.function(jit_compile=True)`` unless :func:`set_jit` turned that off
+(or the environment variable ``SPATIAL_JIT=0``, or the older ``STN_JIT=0``,
+was set before import).
+
 Imports only TensorFlow and NumPy.
 """
+import functools
+import os
+
 import numpy as np
 import tensorflow as tf
 
 __all__ = ["half_extent", "centre", "normalized_to_pixel", "pixel_to_normalized",
            "pixel_centers", "check_option", "check_bool", "as_float_tensor",
-           "compute_dtype"]
+           "compute_dtype", "compiled", "set_jit", "jit_enabled"]
 
 
 def half_extent(size, align_corners, dtype):
@@ -114,3 +123,55 @@ def compute_dtype(*dtypes):
     bfloat16 inputs are computed in float32 and cast back.
     """
     return tf.float64 if any(d == tf.float64 for d in dtypes) else tf.float32
+
+
+# --------------------------------------------------------------------------
+# XLA-compiled inner functions (one switch for the project)
+# --------------------------------------------------------------------------
+
+def _env_jit():
+    for var in ("SPATIAL_JIT", "STN_JIT"):
+        value = os.environ.get(var)
+        if value is not None:
+            return value.strip().lower() not in ("0", "false", "no", "off")
+    return True
+
+
+_JIT = _env_jit()
+_jitted = {}
+
+
+def set_jit(enabled):
+    """Chooses whether inner functions run XLA-compiled (default) or as plain ops.
+
+    Both give the same numbers to float round-off; plain ops are there for
+    platforms without XLA. Takes effect for calls traced after it.
+    """
+    global _JIT
+    _JIT = check_bool("enabled", enabled)
+
+
+def jit_enabled():
+    """Whether :func:`compiled` currently XLA-compiles."""
+    return _JIT
+
+
+def compiled(fn, *args, static=()):
+    """Calls ``fn(*args, *static)``, XLA-compiled unless ``set_jit(False)``.
+
+    One compiled function per (fn, static options); a partial rather than a
+    lambda so that TensorFlow's retracing statistics are kept per option
+    set (they are keyed by code object) and mixing options stays quiet.
+    Gradients of the call are compiled too.
+    """
+    if not _JIT:
+        return fn(*args, *static)
+    key = (fn, static)
+    if key not in _jitted:
+        bound = functools.partial(_call_with_static, fn, static)
+        _jitted[key] = tf.function(bound, jit_compile=True, reduce_retracing=True)
+    return _jitted[key](*args)
+
+
+def _call_with_static(fn, static, *args):
+    return fn(*args, *static)

@@ -25,9 +25,9 @@ Results agree with ``torch.nn.functional.affine_grid`` + ``grid_sample``
 the input exactly, for every size.
 
 The sampler runs as an XLA-compiled TensorFlow function (CPU, GPU and TPU
-alike); set the environment variable ``STN_JIT=0`` before import, or call
-``set_jit(False)``, to run it as ordinary TensorFlow ops instead. Both give
-the same numbers.
+alike); set the environment variable ``SPATIAL_JIT=0`` (or ``STN_JIT=0``)
+before import, or call ``set_jit(False)``, to run it as ordinary TensorFlow
+ops instead. Both give the same numbers.
 
 Only TensorFlow, NumPy and the project's ``spatial_convention.py`` (the
 convention and argument rules as small functions, shared with ``dsnt`` and
@@ -35,9 +35,6 @@ convention and argument rules as small functions, shared with ``dsnt`` and
 are imported: copy the two files into any TF2 program or ``tf.compat.v1``
 graph.
 """
-import functools
-import os
-
 import numpy as np
 import tensorflow as tf
 
@@ -64,17 +61,14 @@ _CUBIC_A = -0.75
 # scatters over the batch (see _scatter_add_per_image).
 _SCATTER_PARTS = 4
 
-_JIT = os.environ.get("STN_JIT", "1").strip().lower() not in ("0", "false", "no", "off")
-
-
 def set_jit(enabled):
     """Chooses whether the sampler runs XLA-compiled (default) or as plain ops.
 
     Both give the same numbers; plain ops are there for platforms without
-    XLA. Takes effect for calls traced after it.
+    XLA. Takes effect for calls traced after it. One switch for the project:
+    the same as ``dsnt.set_jit`` and ``spatial_convention.set_jit``.
     """
-    global _JIT
-    _JIT = bool(enabled)
+    spatial_convention.set_jit(enabled)
 
 
 # --------------------------------------------------------------------------
@@ -596,31 +590,8 @@ def _warp(img, pixels_fn, coords_arg, coords_static, padding_mode, interpolation
     a caller's own XLA function both are inlined into one computation
     again; tests/test_stn.py checks that case too.)
     """
-    x, y = _run(pixels_fn, img, coords_arg, static=coords_static)
-    return _run(_sample_pixels, img, x, y, static=(padding_mode, interpolation, align_corners))
-
-
-_jitted = {}
-
-
-def _run(fn, *args, static=()):
-    """Calls fn(*args, *static), XLA-compiled unless ``set_jit(False)``.
-
-    One compiled function per (fn, static options); a partial rather than a
-    lambda so that TensorFlow's retracing statistics are kept per option
-    set (they are keyed by code object) and mixing options stays quiet.
-    """
-    if not _JIT:
-        return fn(*args, *static)
-    key = (fn, static)
-    if key not in _jitted:
-        bound = functools.partial(_call_with_static, fn, static)
-        _jitted[key] = tf.function(bound, jit_compile=True, reduce_retracing=True)
-    return _jitted[key](*args)
-
-
-def _call_with_static(fn, static, *args):
-    return fn(*args, *static)
+    x, y = spatial_convention.compiled(pixels_fn, img, coords_arg, static=coords_static)
+    return spatial_convention.compiled(_sample_pixels, img, x, y, static=(padding_mode, interpolation, align_corners))
 
 
 def _check_batch(img, other, name):

@@ -624,7 +624,7 @@ def machine_info(env):
         "torch_device": env["torch_device"],
         "dsntnn": getattr(env["dsntnn"], "__version__", None) if env["dsntnn"] else None,
         "seed_stn": "1.0.1 (loaded from SEED_STN_DIR)" if env["seed_stn"] else None,
-        "stn_jit_env": os.environ.get("STN_JIT", "(unset: default)"),
+        "jit_env": {v: os.environ.get(v, "(unset: default)") for v in ("SPATIAL_JIT", "STN_JIT")},
         "load_average_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
     return info

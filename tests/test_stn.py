@@ -13,6 +13,7 @@ import scipy.linalg
 import scipy.ndimage
 import tensorflow as tf
 
+import spatial_convention
 import stn
 
 COMBOS = list(itertools.product([False, True], stn.PADDING_MODES, stn.INTERPOLATIONS))
@@ -382,7 +383,7 @@ def test_second_order_gradient(jit, interpolation):
                 x, theta, interpolation=interpolation) ** 2)
         return tape.gradient(loss, theta)
 
-    previous = stn._JIT
+    previous = spatial_convention.jit_enabled()
     stn.set_jit(jit)
     try:
         analytic, numeric = tf.test.compute_gradient(theta_gradient, [img])
