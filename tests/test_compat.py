@@ -8,12 +8,15 @@ respect to the differentiable inputs must match the eager gradients. The
 eager results themselves are checked against independent references in the
 per-module test files.
 """
+import importlib
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import coordconv
 import dsnt
+import spatial_convention
 import stn
 
 RNG = np.random.default_rng(0)
@@ -185,3 +188,30 @@ def test_dtypes_are_kept_by_every_layer(dtype):
     assert heat.dtype == dtype and coords.dtype == dtype
     assert dsnt.js_reg_loss(heat, tf.cast(CENTRES, dtype)).dtype == dtype
     assert coordconv.add_coords(x).dtype == dtype
+
+
+@pytest.mark.parametrize("env,want", [({}, True), ({"SPATIAL_JIT": "0"}, False),
+                                      ({"STN_JIT": "off"}, False),
+                                      ({"SPATIAL_JIT": "1", "STN_JIT": "0"}, True)])
+def test_one_jit_switch_from_the_environment(monkeypatch, env, want):
+    """SPATIAL_JIT (or the older STN_JIT) sets the one switch that stn's
+    sampler and dsnt's divergence share; set_jit changes it for both."""
+    for var in ("SPATIAL_JIT", "STN_JIT"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    try:
+        importlib.reload(spatial_convention)
+        assert spatial_convention.jit_enabled() is want
+        stn.set_jit(not want)
+        assert spatial_convention.jit_enabled() is (not want)
+        dsnt.set_jit(want)
+        assert spatial_convention.jit_enabled() is want
+    finally:
+        monkeypatch.undo()
+        importlib.reload(spatial_convention)
+
+
+def test_set_jit_wants_a_bool():
+    with pytest.raises(TypeError, match="enabled must be True or False"):
+        stn.set_jit("no")

@@ -258,7 +258,7 @@ def test_make_gauss_far_outside_is_zero_not_nan():
 
 @pytest.mark.parametrize("fwhm", [1.0, 2.5])
 @pytest.mark.parametrize("loss,ref", [("js", np_js), ("kl", np_kl)])
-def test_divergences_match_numpy(loss, ref, fwhm):
+def test_divergences_match_numpy(loss, ref, fwhm, jit):
     p = rand_heatmaps(3, 5, 7, 2)
     t = RNG.uniform(-1, 1, size=(3, 2, 2))
     want = ref(p, np_gauss(t, 5, 7, fwhm / FWHM_PER_SIGMA))           # [B, K]
@@ -277,7 +277,7 @@ def test_divergences_match_numpy(loss, ref, fwhm):
 
 
 @pytest.mark.parametrize("loss,ref", [("js", np_js), ("kl", np_kl)])
-def test_divergences_float32_close_to_float64_truth(loss, ref):
+def test_divergences_float32_close_to_float64_truth(loss, ref, jit):
     """float32 stays within round-off of the exact value, also where the
     target is tiny (~1e-24, where log(q + eps) still sees it)."""
     x = RNG.normal(size=(4, 23, 31, 3)) * np.array([1, 5, 30])
@@ -300,7 +300,7 @@ def test_js_of_matching_gaussian_is_zero_and_bounded():
 
 
 @pytest.mark.parametrize("loss,ref", [("js", np_js), ("kl", np_kl)])
-def test_divergences_extreme_cases_match_numpy(loss, ref):
+def test_divergences_extreme_cases_match_numpy(loss, ref, jit):
     """Delta heatmaps, a tiny fwhm and a target far outside the image."""
     p = np.zeros([3, 6, 5, 1])
     p[0, 2, 3] = p[1, 0, 0] = 1
@@ -381,11 +381,41 @@ def test_dsnt_gradient(method):
 
 
 @pytest.mark.parametrize("loss", ["js", "kl"])
-def test_divergence_gradient_wrt_heatmaps_and_centres(loss):
+def test_divergence_gradient_wrt_heatmaps_and_centres(loss, jit):
     logits = RNG.normal(size=(2, 4, 5, 2))
     t = RNG.uniform(-0.8, 0.8, size=(2, 2, 2))
     f = getattr(dsnt, f"{loss}_reg_loss")
     _check_grad(lambda v, c: f(dsnt.dsnt(v)[0], c, fwhm=2.0, reduction="none"), logits, t)
+
+
+def test_js_second_order_gradient_matches_autodiff_of_the_definition(jit):
+    """JS's hand-written gradient is itself differentiable: a Hessian-vector
+    product (to heatmaps and centres) equals plain autodiff of dsntnn's
+    formula built from make_gauss."""
+    p = tf.constant(rand_heatmaps(2, 5, 6, 1)[..., 0])
+    c = tf.constant(RNG.uniform(-0.5, 0.5, size=(2, 2)))
+    v = tf.constant(RNG.normal(size=(2, 5, 6)))
+
+    def definition(p, c):
+        q = dsnt.make_gauss(c, (5, 6), fwhm=2.0)
+        log_m = tf.math.log(0.5 * (p + q) + EPS)
+        terms = p * (tf.math.log(p + EPS) - log_m) + q * (tf.math.log(q + EPS) - log_m)
+        return tf.reduce_mean(0.5 * tf.reduce_sum(terms, axis=[1, 2]))
+
+    def hessian_vector(loss):
+        with tf.GradientTape() as outer:
+            outer.watch([p, c])
+            with tf.GradientTape() as inner:
+                inner.watch([p, c])
+                value = loss(p, c)
+            g_p, g_c = inner.gradient(value, [p, c])
+            s = tf.reduce_sum(g_p * v) + tf.reduce_sum(g_c)
+        return outer.gradient(s, [p, c])
+
+    got = hessian_vector(lambda p, c: dsnt.js_reg_loss(p, c, fwhm=2.0))
+    want = hessian_vector(definition)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-9, atol=1e-9)
 
 
 def test_other_gradients():
