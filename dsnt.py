@@ -67,10 +67,9 @@ Speed
 The JS divergence's elementwise work (the target, two logarithms, the sum)
 runs as one XLA-compiled function, which fuses what as plain ops would be
 fourteen kernels over ``[B, H, W, K]``; its gradient to the centres is a
-second compiled function. Set
-``SPATIAL_JIT=0`` before import, or call :func:`set_jit` ``(False)``, for
-plain TensorFlow ops with the same numbers (the switch is shared with
-``stn``).
+second compiled function. Set ``SPATIAL_JIT=0`` before import, or call
+``set_jit(False)``, for plain TensorFlow ops with the same numbers (the
+switch is shared with ``stn``).
 """
 import math
 
@@ -679,7 +678,8 @@ def _js_terms(p, gy, gx, log_gy, log_gx):
     0.5 KL(p||m) + 0.5 KL(q||m), m = (p + q) / 2, q = gy * gx, summed
     elementwise as 0.5 p (log p - log m) + 0.5 q (log q - log m) with
     dsntnn's 1e-24 inside the logs of p and m (q's log is exact, from its
-    factors). Run XLA-compiled, q and both logs stay inside one fused loop.
+    factors). XLA-compiled, q is never stored and the elementwise steps
+    fuse into a few loops.
     """
     q = gy * gx
     log_m = tf.math.log(0.5 * (p + q) + _EPS)

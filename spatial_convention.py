@@ -19,7 +19,7 @@ strings, Python bools, real-valued tensors (floats keep their dtype,
 integers become float32) and the dtype coordinates are computed in.
 
 The last part is the one switch for the XLA-compiled inner functions (the
-STN sampler, DSNT's divergences): :func:`compiled` runs a function through
+STN sampler, DSNT's JS divergence): :func:`compiled` runs a function through
 ``tf.function(jit_compile=True)`` unless :func:`set_jit` turned that off
 (or the environment variable ``SPATIAL_JIT=0``, or the older ``STN_JIT=0``,
 was set before import).

@@ -61,6 +61,7 @@ _CUBIC_A = -0.75
 # scatters over the batch (see _scatter_add_per_image).
 _SCATTER_PARTS = 4
 
+
 def set_jit(enabled):
     """Chooses whether the sampler runs XLA-compiled (default) or as plain ops.
 
@@ -591,7 +592,8 @@ def _warp(img, pixels_fn, coords_arg, coords_static, padding_mode, interpolation
     again; tests/test_stn.py checks that case too.)
     """
     x, y = spatial_convention.compiled(pixels_fn, img, coords_arg, static=coords_static)
-    return spatial_convention.compiled(_sample_pixels, img, x, y, static=(padding_mode, interpolation, align_corners))
+    return spatial_convention.compiled(_sample_pixels, img, x, y,
+                                       static=(padding_mode, interpolation, align_corners))
 
 
 def _check_batch(img, other, name):
