@@ -5,11 +5,12 @@ the CoordConv solution" (arXiv:1807.03247): a convolution cannot tell *where*
 it is in the image; appending channels that hold each pixel's coordinates
 before the convolution lets it.
 
-This module imports only TensorFlow, NumPy and the project's two-screen
+This module imports only TensorFlow, NumPy and the project's small
 ``spatial_convention.py`` (the coordinate convention shared with ``stn`` and
-``dsnt``), so the two files can be copied into any graph. It works eagerly, inside `tf.function` with unknown (``None``) batch
-and spatial sizes, in ``tf.compat.v1`` graphs with placeholders, and under
-XLA (``jit_compile=True``).
+``dsnt``), so the two files can be copied into any graph. It works eagerly,
+inside ``tf.function`` with unknown (``None``) batch and spatial sizes, in
+``tf.compat.v1`` graphs with placeholders, and under XLA
+(``jit_compile=True``).
 
 Coordinate convention
 ---------------------

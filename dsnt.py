@@ -7,9 +7,9 @@ PyTorch package ``dsntnn`` but TensorFlow's channels-last layout.
 
 This module imports only TensorFlow, NumPy and the project's small
 ``spatial_convention.py`` (the coordinate convention shared with ``stn`` and
-``coordconv``), so the two files can be copied into any graph: TF2 eager, ``tf.function`` (unknown batch and spatial sizes), TF1
-graphs via ``tf.compat.v1`` placeholders and a Session, and XLA
-(``jit_compile=True``).
+``coordconv``), so the two files can be copied into any graph: TF2 eager,
+``tf.function`` (unknown batch and spatial sizes), TF1 graphs via
+``tf.compat.v1`` placeholders and a Session, and XLA (``jit_compile=True``).
 
 Layouts
 -------
@@ -672,6 +672,11 @@ def _finish(per_point, x, squeeze, mask, reduction):
     return tf.cast(_reduce(per_point, mask, reduction), x.dtype)
 
 
+def _log_mixture(p, q):
+    """log(m + 1e-24) of the mixture m = (p + q) / 2, dsntnn's epsilon inside."""
+    return tf.math.log(0.5 * (p + q) + _EPS)
+
+
 def _js_terms(p, gy, gx, log_gy, log_gx):
     """Per-map JS sums [B, K] and the heatmap's log ratio log p - log m [B, H, W, K].
 
@@ -682,7 +687,7 @@ def _js_terms(p, gy, gx, log_gy, log_gx):
     fuse into a few loops.
     """
     q = gy * gx
-    log_m = tf.math.log(0.5 * (p + q) + _EPS)
+    log_m = _log_mixture(p, q)
     p_lr = tf.math.log(p + _EPS) - log_m
     terms = p * p_lr + q * ((log_gy + log_gx) - log_m)
     # rows first, then columns: shorter float32 sums, closer to float64
@@ -696,7 +701,7 @@ def _js_target_grads(p, gy, gx, log_gy, log_gx, u):
     forward pass, then reduced onto the factors of q = gy * gx.
     """
     q = gy * gx
-    d_q = u * ((log_gy + log_gx) - tf.math.log(0.5 * (p + q) + _EPS))
+    d_q = u * ((log_gy + log_gx) - _log_mixture(p, q))
     return (tf.reduce_sum(d_q * gx, axis=2, keepdims=True),
             tf.reduce_sum(d_q * gy, axis=1, keepdims=True))
 

@@ -30,10 +30,9 @@ before import, or call ``set_jit(False)``, to run it as ordinary TensorFlow
 ops instead. Both give the same numbers.
 
 Only TensorFlow, NumPy and the project's ``spatial_convention.py`` (the
-convention and argument rules as small functions, shared with ``dsnt`` and
-``coordconv``)
-are imported: copy the two files into any TF2 program or ``tf.compat.v1``
-graph.
+convention, the argument rules and the XLA switch as small functions,
+shared with ``dsnt`` and ``coordconv``) are imported: copy the two files
+into any TF2 program or ``tf.compat.v1`` graph.
 """
 import numpy as np
 import tensorflow as tf
