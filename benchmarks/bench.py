@@ -52,23 +52,23 @@ gradient with respect to the logits:
   drawn so far at every step (quadratic in B * K); it is skipped above
   ``--seed-dsnt-max-points`` points.
 
-Method: every implementation of a case is built and warmed up (the first
-call traces / compiles), then ``--repeats`` rounds time one step of each
-implementation in turn, the order rotated every round (interleaved, so a
-noisy neighbour hurts all alike). Each timed call comes right after
-``--rewarm`` (default 1) untimed calls of the same implementation: the
-first call after another framework's step pays for the switch (its thread
-pool woken from sleep, the other's OpenMP threads still spinning, caches
-refilled) -- measured here, 4.7 -> 7.4 ms for our DSNT step right after
-dsntnn's and 22 -> 26 ms for PyTorch's STN step right after ours -- which
-no training loop pays. ``--rewarm 0`` times the switch as well. Reported:
-median and minimum seconds, and the ratio to the reference = median over
-rounds of (time / reference time in the same round). TF and PyTorch use the same number of threads (``--threads``;
-by default the CPUs this process may use, which is TF's own default). On a
-busy machine multi-threaded steps stall whenever one of their threads is
-descheduled -- PyTorch's OpenMP barriers by up to 100x on small steps -- so
-the script warns when the load average exceeds the CPU count; ``--threads 1``
-then gives the fairer comparison of the kernels themselves.
+Method: every implementation of a case is built and warmed up (the first call
+traces / compiles), then ``--repeats`` rounds time one step of each
+implementation in turn, the order rotated every round (interleaved, so a noisy
+neighbour hurts all alike). Each timed call comes right after ``--rewarm``
+(default 1) untimed calls of the same implementation: the first call after
+another framework's step pays for the switch (its thread pool woken from
+sleep, the other's OpenMP threads still spinning, caches refilled) -- measured
+here, 4.7 -> 7.4 ms for our DSNT step right after dsntnn's and 22 -> 26 ms for
+PyTorch's STN step right after ours -- which no training loop pays.
+``--rewarm 0`` times the switch as well. Reported: median and minimum seconds,
+and the ratio to the reference = median over rounds of (time / reference time
+in the same round). TF and PyTorch use the same number of threads
+(``--threads``; by default the CPUs this process may use, which is TF's own
+default). On a busy machine multi-threaded steps stall whenever one of their
+threads is descheduled -- PyTorch's OpenMP barriers by up to 100x on small
+steps -- so the script warns when the load average exceeds the CPU count;
+``--threads 1`` then gives the fairer comparison of the kernels themselves.
 
 Peak memory (``--memory``, on by default except in ``--tiny``), one
 warmed-up step, MiB above what was in use before it (inputs excluded, outputs
