@@ -374,16 +374,26 @@ def _scatter_add_per_image(weights, values, rows, shape):
     (each image's rows stay inside its own block): XLA runs a scatter as one
     serial loop on CPU but runs independent ones side by side. Each part
     forms its own updates, so no slice of a large tensor is copied.
+
+    Rows of 4 k + 3 channels get one zero channel for the scatter: XLA's CPU
+    scatter of 4.2M rows (16x256x256 bilinear) took 15.8 ms with 3 channels
+    and 12.1 ms with 4, 28.0 ms with 7 and 25.2 ms with 8 (no gain for other
+    counts: 1 -> 4 took 2.4x as long, 2 -> 4 1.4x, 5 -> 8 1.1x, 6 -> 8 0.94x).
     """
     batch = shape[0]
     per_image = shape[1] * shape[2]
+    c = values.shape[-1]
+    extra = 1 if c is not None and c % 4 == 3 else 0
+    if extra:
+        values = tf.concat([values, tf.zeros_like(values[..., :1])], axis=-1)
     bounds = [batch * i // _SCATTER_PARTS for i in range(_SCATTER_PARTS + 1)]
     parts = []
     for start, stop in zip(bounds[:-1], bounds[1:]):
         updates = weights[start:stop, ..., None] * values[start:stop, ..., None, :]
         parts.append(tf.math.unsorted_segment_sum(
             updates, rows[start:stop] - start * per_image, (stop - start) * per_image))
-    return tf.reshape(tf.concat(parts, 0), shape)
+    summed = tf.concat(parts, 0)
+    return tf.reshape(summed[:, :c] if extra else summed, shape)
 
 
 def _pixel_rows(img):
