@@ -377,8 +377,9 @@ def _scatter_add_per_image(weights, values, rows, shape):
 
     Rows of 4 k + 3 channels get one zero channel for the scatter: XLA's CPU
     scatter of 4.2M rows (16x256x256 bilinear) took 15.8 ms with 3 channels
-    and 12.1 ms with 4, 28.0 ms with 7 and 25.2 ms with 8 (no gain for other
-    counts: 1 -> 4 took 2.4x as long, 2 -> 4 1.4x, 5 -> 8 1.1x, 6 -> 8 0.94x).
+    and 12.1 ms with 4, 28.0 ms with 7 and 25.2 ms with 8. Padding other
+    counts lost (1 -> 4 took 2.4x as long, 2 -> 4 1.4x, 5 -> 8 1.1x) or
+    gained little for two more channels (6 -> 8 0.94x).
     """
     batch = shape[0]
     per_image = shape[1] * shape[2]
