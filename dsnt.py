@@ -64,10 +64,10 @@ The Gaussian target is differentiable in its centres.
 
 Speed
 -----
-The JS divergence's elementwise work (the target, two logarithms, the sum)
-runs as one XLA-compiled function, which fuses what as plain ops would be
-fourteen kernels over ``[B, H, W, K]``; its gradient to the centres is a
-second compiled function. Set ``SPATIAL_JIT=0`` before import, or call
+The JS divergence's elementwise work (the target, two logarithms, the
+terms) runs as one XLA-compiled function, which fuses what as plain ops
+would be fourteen kernels over ``[B, H, W, K]``; TensorFlow sums the terms,
+and the gradient to the centres is a second compiled function. Set ``SPATIAL_JIT=0`` before import, or call
 ``set_jit(False)``, for plain TensorFlow ops with the same numbers (the
 switch is shared with ``stn``).
 """
