@@ -373,11 +373,50 @@ def _check_grad(f, *args, atol=1e-6, rtol=1e-5):
 
 
 @pytest.mark.parametrize("method", ["softmax", "relu", "abs", "sigmoid"])
-def test_dsnt_gradient(method):
+def test_dsnt_gradient(method, jit):
     x = RNG.normal(size=(2, 3, 4, 2))
     x = np.where(np.abs(x) < 0.1, 0.5, x)    # keep relu/abs away from their kinks
+    w_maps = tf.constant(RNG.normal(size=(2, 3, 4, 2)))
+    w_coords = tf.constant(RNG.normal(size=(2, 2, 2)))
+
+    def both(v):   # upstream gradients to the maps and to the coordinates at once
+        h, c = dsnt.dsnt(v, method=method)
+        return tf.reduce_sum(h * w_maps) + tf.reduce_sum(c * w_coords)
+
     _check_grad(lambda v: dsnt.dsnt(v, method=method)[1], x)
     _check_grad(lambda v: dsnt.dsnt(v, method=method)[0], x)
+    _check_grad(both, x)
+
+
+def test_dsnt_second_order_gradient_matches_autodiff_of_the_definition(jit):
+    """The softmax DSNT's hand-written gradient is itself differentiable: a
+    Hessian-vector product through maps and coordinates equals plain autodiff
+    of softmax + expectation."""
+    x = tf.constant(RNG.normal(size=(2, 5, 6, 2)))
+    v = tf.constant(RNG.normal(size=(2, 5, 6, 2)))
+    w_maps = tf.constant(RNG.normal(size=(2, 5, 6, 2)))
+    t = tf.constant(RNG.uniform(-0.5, 0.5, size=(2, 2, 2)))
+
+    def definition(x):
+        p = tf.reshape(tf.nn.softmax(tf.reshape(x, [2, 30, 2]), axis=1), [2, 5, 6, 2])
+        xs = tf.constant((2 * np.arange(6) + 1) / 6 - 1)
+        ys = tf.constant((2 * np.arange(5) + 1) / 5 - 1)
+        c = tf.stack([tf.einsum("bhwk,w->bk", p, xs), tf.einsum("bhwk,h->bk", p, ys)], -1)
+        return p, c
+
+    def hessian_vector(layer):
+        with tf.GradientTape() as outer:
+            outer.watch(x)
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                p, c = layer(x)
+                value = tf.reduce_sum(tf.square(c - t)) + tf.reduce_sum(tf.square(p * w_maps))
+            g = inner.gradient(value, x)
+            s = tf.reduce_sum(g * v)
+        return g, outer.gradient(s, x)
+
+    for got, want in zip(hessian_vector(dsnt.dsnt), hessian_vector(definition)):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("loss", ["js", "kl"])
