@@ -616,6 +616,12 @@ def _gauss_log_factors(c, height, width, sigma):
             ey[:, :, tf.newaxis, :], (ex - tf.math.log(norm))[:, tf.newaxis])
 
 
+def _target_log_factors(p, c, sigma):
+    """_gauss_log_factors for the target of maps p [B, H, W, K]."""
+    shape = tf.shape(p)
+    return _gauss_log_factors(c, shape[1], shape[2], sigma)
+
+
 def make_gauss(centres, size, fwhm=1.0, normalize=True):
     """Draws Gaussian heatmaps centred on ``centres`` (vectorised, no loops).
 
@@ -735,15 +741,17 @@ def _log_mixture(p, q):
     return tf.math.log(0.5 * (p + q) + _EPS)
 
 
-def _js_terms(p, gy, gx, log_gy, log_gx):
+def _js_terms(p, c, sigma):
     """Per-pixel JS terms and the heatmap's log ratio log p - log m, [B, H, W, K].
 
-    0.5 KL(p||m) + 0.5 KL(q||m), m = (p + q) / 2, q = gy * gx, is
-    0.5 * the sum over pixels of p (log p - log m) + q (log q - log m), with
-    dsntnn's 1e-24 inside the logs of p and m (q's log is exact, from its
-    factors). XLA-compiled: q is never stored and the elementwise steps
-    fuse into a few loops; the sum is left to the caller (see _js_sum).
+    0.5 KL(p||m) + 0.5 KL(q||m), m = (p + q) / 2, q = gy * gx the target
+    drawn from the centres c [B, K, 2], is 0.5 * the sum over pixels of
+    p (log p - log m) + q (log q - log m), with dsntnn's 1e-24 inside the
+    logs of p and m (q's log is exact, from its factors). XLA-compiled: the
+    target's factors, q and the elementwise steps fuse into a few loops; q
+    is never stored, and the sum is left to the caller (see _js_sum).
     """
+    gy, gx, log_gy, log_gx = _target_log_factors(p, c, sigma)
     q = gy * gx
     log_m = _log_mixture(p, q)
     p_lr = tf.math.log(p + _EPS) - log_m
@@ -751,39 +759,48 @@ def _js_terms(p, gy, gx, log_gy, log_gx):
     return terms, p_lr
 
 
-def _js_target_grads(p, gy, gx, log_gy, log_gx, u):
-    """Gradients of the JS sums to the target's factors gy and gx.
+def _js_target_grads(p, c, sigma, u):
+    """Gradients of the JS sums (upstream u [B, 1, 1, K]) to the centres c and sigma.
 
     d/dq = u (log q - log m), recomputed from p rather than kept from the
-    forward pass, then reduced onto the factors of q = gy * gx.
+    forward pass, reduced onto the factors of q = gy * gx, then taken back
+    to c and sigma through the factors (autodiff of a few [B, H|W, K]
+    tensors).
     """
-    q = gy * gx
-    d_q = u * ((log_gy + log_gx) - _log_mixture(p, q))
-    return (tf.reduce_sum(d_q * gx, axis=2, keepdims=True),
-            tf.reduce_sum(d_q * gy, axis=1, keepdims=True))
+    with tf.GradientTape() as tape:
+        tape.watch([c, sigma])
+        gy, gx, log_gy, log_gx = _target_log_factors(p, c, sigma)
+    d_q = u * ((log_gy + log_gx) - _log_mixture(p, gy * gx))
+    d_gy = tf.reduce_sum(d_q * gx, axis=2, keepdims=True)
+    d_gx = tf.reduce_sum(d_q * gy, axis=1, keepdims=True)
+    return tape.gradient([gy, gx], [c, sigma], output_gradients=[d_gy, d_gx])
 
 
 @tf.custom_gradient
-def _js_sum(p, gy, gx, log_gy, log_gx):
+def _js_sum(p, c, sigma):
     """Per-map Jensen-Shannon divergence of [B, H, W, K] maps -> [B, K].
 
-    The target is q = gy * gx with log q = log_gy + log_gx (see
-    _gauss_log_factors); the elementwise work of both passes runs
-    XLA-compiled (see ``spatial_convention.compiled``). The forward sum is a
-    TensorFlow reduction, rows first, then columns (shorter float32 sums):
-    inside XLA it went to XLA's own CPU reduction kernel, and the whole
-    step at B=256, K=1 took 1.14x as long. Hand-written gradient: d/dp =
-    0.5 (log p - log m), and the Gaussian's total derivative
-    0.5 (log q - log m) is routed through q's factors (the "+1" terms of the
-    x log x derivatives cancel). Differentiable again (second order).
+    The target is drawn from the centres c [B, K, 2] and sigma (pixels)
+    inside the compiled function (see _gauss_log_factors); the elementwise
+    work of both passes runs XLA-compiled (see
+    ``spatial_convention.compiled``). The Gaussian's factors as some twenty
+    small TensorFlow ops had cost 0.3 ms of a 3 ms step at B=256, K=1; with
+    them compiled the step took 0.83-1.0x as long in three side-by-side
+    runs. The forward sum is a TensorFlow reduction, rows first, then
+    columns (shorter float32 sums): inside XLA it went to XLA's own CPU
+    reduction kernel, and the whole step at B=256, K=1 took 1.14x as long.
+    Hand-written gradient: d/dp = 0.5 (log p - log m), and the Gaussian's
+    total derivative 0.5 (log q - log m) is routed through q's factors (the
+    "+1" terms of the x log x derivatives cancel). Differentiable again
+    (second order).
     """
-    terms, p_lr = spatial_convention.compiled(_js_terms, p, gy, gx, log_gy, log_gx)
+    terms, p_lr = spatial_convention.compiled(_js_terms, p, c, sigma)
     value = 0.5 * tf.reduce_sum(tf.reduce_sum(terms, axis=2), axis=1)
 
     def grad(upstream):
         u = 0.5 * upstream[:, tf.newaxis, tf.newaxis, :]
-        d_gy, d_gx = spatial_convention.compiled(_js_target_grads, p, gy, gx, log_gy, log_gx, u)
-        return u * p_lr, d_gy, d_gx, None, None  # logs: routed through the factors
+        d_c, d_sigma = spatial_convention.compiled(_js_target_grads, p, c, sigma, u)
+        return u * p_lr, d_c, d_sigma
 
     return value, grad
 
@@ -818,9 +835,7 @@ def js_reg_loss(heatmaps, centres, fwhm=1.0, mask=None, reduction="mean"):
       ...         + dsnt.js_reg_loss(norm_heatmaps, targets, fwhm=3))
     """
     x, p, c, sigma, squeeze = _divergence_args(heatmaps, centres, fwhm, mask, reduction)
-    shape = tf.shape(p)
-    factors = _gauss_log_factors(c, shape[1], shape[2], sigma)
-    return _finish(_js_sum(p, *factors), x, squeeze, mask, reduction)
+    return _finish(_js_sum(p, c, sigma), x, squeeze, mask, reduction)
 
 
 def kl_reg_loss(heatmaps, centres, fwhm=1.0, mask=None, reduction="mean"):
@@ -836,11 +851,10 @@ def kl_reg_loss(heatmaps, centres, fwhm=1.0, mask=None, reduction="mean"):
       >>> loss = dsnt.kl_reg_loss(norm_heatmaps, targets, fwhm=2.0)
     """
     x, p, c, sigma, squeeze = _divergence_args(heatmaps, centres, fwhm, mask, reduction)
-    shape = tf.shape(p)
     # log(q + eps) from log q = ex + ey - log(S + eps) by a stable logaddexp:
     # forming q first loses its precision where it is tiny (~eps), where
     # the log still sees it.
-    _, _, log_gy, log_gx = _gauss_log_factors(c, shape[1], shape[2], sigma)
+    _, _, log_gy, log_gx = _target_log_factors(p, c, sigma)
     log_q = log_gy + log_gx
     log_eps = math.log(_EPS)
     log_q_eps = tf.maximum(log_q, log_eps) + tf.math.log1p(tf.exp(-tf.abs(log_q - log_eps)))

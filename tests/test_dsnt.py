@@ -425,6 +425,9 @@ def test_divergence_gradient_wrt_heatmaps_and_centres(loss, jit):
     t = RNG.uniform(-0.8, 0.8, size=(2, 2, 2))
     f = getattr(dsnt, f"{loss}_reg_loss")
     _check_grad(lambda v, c: f(dsnt.dsnt(v)[0], c, fwhm=2.0, reduction="none"), logits, t)
+    # a learned width: the gradient reaches fwhm too
+    _check_grad(lambda fwhm: f(dsnt.dsnt(logits)[0], t, fwhm=fwhm, reduction="none"),
+                np.float64(2.0))
 
 
 def test_js_second_order_gradient_matches_autodiff_of_the_definition(jit):
