@@ -69,9 +69,9 @@ Speed
 The JS divergence's elementwise work (the target, two logarithms, the
 terms) runs as one XLA-compiled function, which fuses what as plain ops
 would be fourteen kernels over ``[B, H, W, K]``; TensorFlow sums the terms,
-and the gradient to the centres is a second compiled function. The softmax
-DSNT's backward pass (maps and coordinates at once) is one TensorFlow sum
-and one compiled elementwise pass. Set ``SPATIAL_JIT=0`` before import, or
+and the gradient to the centres (and fwhm) is a second compiled function.
+The softmax DSNT's backward pass (maps and coordinates at once) is one
+TensorFlow sum and one compiled elementwise pass. Set ``SPATIAL_JIT=0`` before import, or
 call ``set_jit(False)``, for plain TensorFlow ops with the same numbers (the
 switch is shared with ``stn``).
 """
@@ -814,7 +814,8 @@ def js_reg_loss(heatmaps, centres, fwhm=1.0, mask=None, reduction="mean"):
     (``average_loss`` by default). The target is dsntnn's normalised
     ``make_gauss``; the logs of the heatmap and of the mixture carry dsntnn's
     1e-24, the Gaussian's log is taken from its exponent (a difference of at
-    most 1e-24 per pixel). Gradients flow to ``heatmaps`` and ``centres``.
+    most 1e-24 per pixel). Gradients flow to ``heatmaps``, ``centres`` and a
+    tensor ``fwhm``.
 
     Args:
       heatmaps: normalised heatmaps, ``[B, H, W]`` (or ``[B, H, W, 1]``) with
