@@ -53,6 +53,7 @@ import numpy as np
 import tensorflow as tf
 
 import spatial_convention
+from spatial_convention import as_float_tensor, check_bool
 
 __all__ = [
     "add_coords",
@@ -80,30 +81,21 @@ _CHANNELS_FIRST_FOR_RANK = {3: "NCW", 4: "NCHW", 5: "NCDHW"}
 # argument checking
 # --------------------------------------------------------------------------
 
-def _check_bool(value, name):
-    return spatial_convention.check_bool(f"`{name}`", value)
-
-
-def _to_float_tensor(inputs, name="inputs"):
-    """Keeps float dtypes, casts integers/bool to float32."""
-    return spatial_convention.as_float_tensor(inputs, f"`{name}`")
-
-
 def _resolve_data_format(data_format, rank, name="data_format"):
     """Returns (num_spatial, channels_last, canonical data_format) for `rank`."""
     if rank is None:
         raise ValueError(
-            "`inputs` must have a statically known rank (3 for [B, W, C], 4 for "
+            "inputs must have a statically known rank (3 for [B, W, C], 4 for "
             "[B, H, W, C], 5 for [B, D, H, W, C]); got a tensor of unknown rank. "
             "In a TF1 graph give the placeholder a shape such as [None, None, None, 3].")
     if rank not in _CHANNELS_LAST_FOR_RANK:
         raise ValueError(
-            f"`inputs` must have rank 3 ([B, W, C]), 4 ([B, H, W, C]) or 5 "
+            f"inputs must have rank 3 ([B, W, C]), 4 ([B, H, W, C]) or 5 "
             f"([B, D, H, W, C]), got rank {rank}.")
     if data_format is None:
         data_format = _CHANNELS_LAST_FOR_RANK[rank]
     if not isinstance(data_format, str):
-        raise TypeError(f"`{name}` must be a string such as 'NHWC' or 'NCHW' "
+        raise TypeError(f"{name} must be a string such as 'NHWC' or 'NCHW' "
                         f"(or None for channels-last), got {data_format!r}.")
     fmt = data_format.upper()
     if fmt in ("CHANNELS_LAST", "CHANNELS_FIRST"):
@@ -111,13 +103,13 @@ def _resolve_data_format(data_format, rank, name="data_format"):
         fmt = table[rank]
     if fmt not in _DATA_FORMATS:
         allowed = ", ".join(repr(f) for f in _DATA_FORMATS)
-        raise ValueError(f"`{name}` must be one of {allowed}, 'channels_last', "
+        raise ValueError(f"{name} must be one of {allowed}, 'channels_last', "
                          f"'channels_first' or None; got {data_format!r}.")
     num_spatial, channels_last = _DATA_FORMATS[fmt]
     if num_spatial + 2 != rank:
         raise ValueError(
-            f"`{name}`={data_format!r} describes rank-{num_spatial + 2} inputs "
-            f"but `inputs` has rank {rank}.")
+            f"{name}={data_format!r} describes rank-{num_spatial + 2} inputs "
+            f"but inputs has rank {rank}.")
     return num_spatial, channels_last, fmt
 
 
@@ -125,8 +117,8 @@ def num_coord_channels(num_spatial_dims=2, with_r=False):
     """Number of channels `add_coords` appends: one per spatial dim, +1 for r."""
     if (not isinstance(num_spatial_dims, numbers.Integral) or
             isinstance(num_spatial_dims, bool) or num_spatial_dims not in (1, 2, 3)):
-        raise ValueError(f"`num_spatial_dims` must be 1, 2 or 3, got {num_spatial_dims!r}.")
-    return int(num_spatial_dims) + int(_check_bool(with_r, "with_r"))
+        raise ValueError(f"num_spatial_dims must be 1, 2 or 3, got {num_spatial_dims!r}.")
+    return int(num_spatial_dims) + int(check_bool(with_r, name="with_r"))
 
 
 # --------------------------------------------------------------------------
@@ -153,27 +145,27 @@ def coord_channels(spatial_shape, with_r=False, align_corners=True,
       ``k = len(spatial_shape) + with_r`` channels ordered x, y, (z), (r):
       x along the last spatial axis, y along the one before, z the first.
     """
-    with_r = _check_bool(with_r, "with_r")
-    align_corners = _check_bool(align_corners, "align_corners")
+    with_r = check_bool(with_r, name="with_r")
+    align_corners = check_bool(align_corners, name="align_corners")
     dtype = tf.as_dtype(dtype)
     if dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"`dtype` must be a floating dtype (float16, bfloat16, "
+        raise TypeError(f"dtype must be a floating dtype (float16, bfloat16, "
                         f"float32, float64), got {dtype.name}.")
     if isinstance(spatial_shape, (tf.Tensor, np.ndarray)):
         spatial_shape = tf.convert_to_tensor(spatial_shape)
         if spatial_shape.shape.rank != 1 or spatial_shape.shape[0] is None:
-            raise ValueError("`spatial_shape` must be a vector of static length 1, 2 "
+            raise ValueError("spatial_shape must be a vector of static length 1, 2 "
                              f"or 3, got shape {spatial_shape.shape}.")
         sizes = [spatial_shape[i] for i in range(spatial_shape.shape[0])]
     else:
         sizes = list(spatial_shape)
     n = len(sizes)
     if n not in (1, 2, 3):
-        raise ValueError(f"`spatial_shape` must have 1, 2 or 3 entries ([W], [H, W] "
+        raise ValueError(f"spatial_shape must have 1, 2 or 3 entries ([W], [H, W] "
                          f"or [D, H, W]), got {n}.")
     for s in sizes:
         if isinstance(s, numbers.Integral) and (isinstance(s, bool) or s < 0):
-            raise ValueError(f"`spatial_shape` entries must be non-negative ints, "
+            raise ValueError(f"spatial_shape entries must be non-negative ints, "
                              f"got {spatial_shape!r}.")
     sizes = [tf.cast(s, tf.int32) for s in sizes]
 
@@ -234,10 +226,10 @@ def add_coords(inputs, with_r=False, *, align_corners=True, data_format=None,
       >>> c[0, 0, :, 1].numpy()                   # x along the width
       array([-1. , -0.5,  0. ,  0.5,  1. ], dtype=float32)
     """
-    with_r = _check_bool(with_r, "with_r")
-    align_corners = _check_bool(align_corners, "align_corners")
+    with_r = check_bool(with_r, name="with_r")
+    align_corners = check_bool(align_corners, name="align_corners")
     with tf.name_scope(name or "add_coords"):
-        inputs = _to_float_tensor(inputs, "inputs")
+        inputs = as_float_tensor(inputs, name="inputs")
         rank = inputs.shape.rank
         num_spatial, channels_last, _ = _resolve_data_format(data_format, rank)
         dyn = tf.shape(inputs)
@@ -282,20 +274,20 @@ def coord_conv(inputs, filters, strides=1, padding="SAME", with_r=False, *,
     Returns:
       The convolution output, e.g. ``[B, H', W', out_channels]``.
     """
-    with_r = _check_bool(with_r, "with_r")
+    with_r = check_bool(with_r, name="with_r")
     with tf.name_scope(name or "coord_conv"):
-        inputs = _to_float_tensor(inputs, "inputs")
+        inputs = as_float_tensor(inputs, name="inputs")
         num_spatial, channels_last, fmt = _resolve_data_format(
             data_format, inputs.shape.rank)
         if not isinstance(padding, str) or padding.upper() not in ("SAME", "VALID"):
-            raise ValueError(f"`padding` must be 'SAME' or 'VALID', got {padding!r}.")
+            raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}.")
         try:
             filters = tf.convert_to_tensor(filters)
         except (TypeError, ValueError) as e:
-            raise TypeError(f"`filters` must be a tensor: {e}") from e
+            raise TypeError(f"filters must be a tensor: {e}") from e
         if filters.shape.rank is not None and filters.shape.rank != num_spatial + 2:
             raise ValueError(
-                f"`filters` must have rank {num_spatial + 2} "
+                f"filters must have rank {num_spatial + 2} "
                 f"([*kernel, in_channels, out_channels]) for rank-{num_spatial + 2} "
                 f"inputs, got shape {filters.shape}.")
         k = num_spatial + int(with_r)
@@ -305,14 +297,14 @@ def coord_conv(inputs, filters, strides=1, padding="SAME", with_r=False, *,
             got = filters.shape[-2]
             if got is not None and got != expected:
                 raise ValueError(
-                    f"`filters` must have {expected} input channels (the {c} input "
+                    f"filters must have {expected} input channels (the {c} input "
                     f"channels plus {k} coordinate channels"
                     f"{' incl. r' if with_r else ''}), got shape {filters.shape}.")
         if filters.dtype != inputs.dtype:
             if filters.dtype.is_floating:
                 filters = tf.cast(filters, inputs.dtype)
             else:
-                raise TypeError(f"`filters` must be floating point, got {filters.dtype.name}.")
+                raise TypeError(f"filters must be floating point, got {filters.dtype.name}.")
         augmented = add_coords(inputs, with_r=with_r, align_corners=align_corners,
                                data_format=fmt)
         return tf.nn.convolution(augmented, filters, strides=strides,
@@ -323,11 +315,11 @@ def coord_conv(inputs, filters, strides=1, padding="SAME", with_r=False, *,
 def _coord_conv_nd(num_spatial):
     def fn(inputs, filters, strides=1, padding="SAME", with_r=False, *,
            dilations=None, data_format=None, align_corners=True, name=None):
-        inputs = _to_float_tensor(inputs, "inputs")
+        inputs = as_float_tensor(inputs, name="inputs")
         rank = inputs.shape.rank
         if rank is not None and rank != num_spatial + 2:
             fmt = {1: "[B, W, C]", 2: "[B, H, W, C]", 3: "[B, D, H, W, C]"}[num_spatial]
-            raise ValueError(f"`inputs` must have rank {num_spatial + 2} ({fmt}) for "
+            raise ValueError(f"inputs must have rank {num_spatial + 2} ({fmt}) for "
                              f"coord_conv{num_spatial}d, got shape {inputs.shape}.")
         return coord_conv(inputs, filters, strides=strides, padding=padding,
                           with_r=with_r, dilations=dilations, data_format=data_format,

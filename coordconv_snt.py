@@ -18,6 +18,7 @@ import numbers
 import sonnet as snt
 
 import coordconv
+from spatial_convention import as_float_tensor, check_bool
 
 __all__ = ["CoordConv1D", "CoordConv2D", "CoordConv3D"]
 
@@ -35,20 +36,20 @@ class _CoordConvND(snt.Module):
         if data_format is None:
             data_format = self._DATA_FORMATS[0]
         if not isinstance(data_format, str) or data_format.upper() not in self._DATA_FORMATS:
-            raise ValueError(f"`data_format` must be one of {self._DATA_FORMATS}, "
+            raise ValueError(f"data_format must be one of {self._DATA_FORMATS}, "
                              f"got {data_format!r}.")
         data_format = data_format.upper()
         if (not isinstance(output_channels, numbers.Integral) or
                 isinstance(output_channels, bool) or output_channels < 1):
-            raise ValueError(f"`output_channels` must be a positive int, got {output_channels!r}.")
+            raise ValueError(f"output_channels must be a positive int, got {output_channels!r}.")
         self._check_ints(kernel_shape, "kernel_shape", n)
         self._check_ints(stride, "stride", n)
         self._check_ints(rate, "rate", n)
         if isinstance(padding, str) and padding.upper() not in ("SAME", "VALID"):
-            raise ValueError(f"`padding` must be 'SAME', 'VALID' or a Sonnet padding "
+            raise ValueError(f"padding must be 'SAME', 'VALID' or a Sonnet padding "
                              f"callable, got {padding!r}.")
-        self._with_r = coordconv._check_bool(with_r, "with_r")
-        self._align_corners = coordconv._check_bool(align_corners, "align_corners")
+        self._with_r = check_bool(with_r, name="with_r")
+        self._align_corners = check_bool(align_corners, name="align_corners")
         self._data_format = data_format
         self.output_channels = int(output_channels)
         self.conv = self._CONV(
@@ -67,7 +68,7 @@ class _CoordConvND(snt.Module):
         if (values is None or len(values) not in (1, n) or
                 any(not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1
                     for v in values)):
-            raise ValueError(f"`{name}` must be a positive int or a sequence of "
+            raise ValueError(f"{name} must be a positive int or a sequence of "
                              f"{n} positive ints, got {value!r}.")
 
     @property
@@ -101,10 +102,10 @@ class _CoordConvND(snt.Module):
         Returns:
           The Sonnet convolution of ``add_coords(inputs)``.
         """
-        inputs = coordconv._to_float_tensor(inputs, "inputs")
+        inputs = as_float_tensor(inputs, name="inputs")
         rank = inputs.shape.rank
         if rank is not None and rank != self._NUM_SPATIAL + 2:
-            raise ValueError(f"`inputs` to {type(self).__name__} must have rank "
+            raise ValueError(f"inputs to {type(self).__name__} must have rank "
                              f"{self._NUM_SPATIAL + 2} ({self._data_format}), got "
                              f"shape {inputs.shape}.")
         augmented = coordconv.add_coords(inputs, with_r=self._with_r,

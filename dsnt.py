@@ -81,6 +81,7 @@ import numpy as np
 import tensorflow as tf
 
 import spatial_convention
+from spatial_convention import as_float_tensor, check_option, check_positive, check_rank
 
 __all__ = [
     "METHODS",
@@ -135,7 +136,7 @@ def set_jit(enabled):
 
 def _float_tensor(x, name, dtype=None):
     """Real-valued tensor (ints/bools -> float32), or cast to ``dtype`` if given."""
-    x = spatial_convention.as_float_tensor(x, f"`{name}`")
+    x = as_float_tensor(x, name=name)
     return x if dtype is None or x.dtype == dtype else tf.cast(x, dtype)
 
 
@@ -143,44 +144,12 @@ def _float_tensor(x, name, dtype=None):
 _compute_dtype = spatial_convention.compute_dtype
 
 
-def _check_option(value, allowed, name):
-    return spatial_convention.check_option(f"`{name}`", value, allowed)
-
-
-def _static_rank(x, name, allowed):
-    rank = x.shape.rank
-    if rank is None or rank not in allowed:
-        got = "unknown rank" if rank is None else f"shape {x.shape} (rank {rank})"
-        want = " or ".join(str(r) for r in allowed)
-        raise ValueError(f"`{name}` must have a statically known rank {want}; got {got}")
-    return rank
-
-
 def _to_bhwk(heatmaps, name="heatmaps"):
     """Returns ([B, H, W, K] tensor, squeeze) where squeeze means one point."""
-    rank = _static_rank(heatmaps, name, (3, 4))
+    rank = check_rank(heatmaps, name=name, ranks=(3, 4), layout="[B, H, W] or [B, H, W, K]")
     if rank == 3:
         return tf.expand_dims(heatmaps, -1), True  # not [..., None]: its gradient is a copy
     return heatmaps, heatmaps.shape[-1] == 1
-
-
-def _check_positive(value, name, dtype):
-    """`value` (python number or tensor) > 0, statically when possible."""
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"`{name}` must be a positive number of pixels, got {value!r}")
-    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
-        if not value > 0 or not math.isfinite(value):
-            raise ValueError(f"`{name}` must be a finite positive number of pixels, got {value!r}")
-        return tf.constant(value, dtype)
-    t = _float_tensor(value, name, dtype)
-    if t.shape.rank not in (None, 0):
-        raise ValueError(f"`{name}` must be a scalar, got shape {t.shape}")
-    static = tf.get_static_value(t)
-    if static is not None:
-        return _check_positive(float(static), name, dtype)
-    check = tf.debugging.assert_positive(t, message=f"`{name}` must be positive")
-    with tf.control_dependencies([check]):
-        return tf.identity(t)
 
 
 def _dims_check(tensor, expected, name, what):
@@ -188,7 +157,7 @@ def _dims_check(tensor, expected, name, what):
     got = tensor.shape.as_list()
     for g, e in zip(got, expected):
         if g is not None and e is not None and g != e:
-            raise ValueError(f"`{name}` must have shape {what}; got {tensor.shape}")
+            raise ValueError(f"{name} must have shape {what}; got {tensor.shape}")
 
 
 # ---------------------------------------------------------------------------
@@ -220,9 +189,9 @@ def normalized_linspace(length, dtype=tf.float32):
     """
     dtype = tf.as_dtype(dtype)
     if not dtype.is_floating:
-        raise TypeError(f"`dtype` must be a floating dtype, got {dtype.name}")
+        raise TypeError(f"dtype must be a floating dtype, got {dtype.name}")
     if isinstance(length, (int, np.integer)) and not isinstance(length, bool) and length <= 0:
-        raise ValueError(f"`length` must be a positive number of pixels, got {length}")
+        raise ValueError(f"length must be a positive number of pixels, got {length}")
     return spatial_convention.pixel_centers(length, align_corners=False, dtype=dtype)
 
 
@@ -230,16 +199,16 @@ def _size_xy(size, dtype, name="size"):
     """`size` ordered (..., H, W) -> tensor ordered (W, H, ...) of dtype."""
     if isinstance(size, (list, tuple)):
         if len(size) == 0:
-            raise ValueError(f"`{name}` must list the pixel counts (..., height, width); "
+            raise ValueError(f"{name} must list the pixel counts (..., height, width); "
                              f"got {size!r}")
         for s in size:
             if isinstance(s, (int, np.integer)) and s <= 0:
-                raise ValueError(f"`{name}` entries must be positive, got {size!r}")
+                raise ValueError(f"{name} entries must be positive, got {size!r}")
         size = tf.stack([tf.cast(s, dtype) for s in size])
     else:
         size = tf.cast(tf.convert_to_tensor(size, name=name), dtype)
         if size.shape.rank != 1:
-            raise ValueError(f"`{name}` must be a 1-D list (..., height, width); "
+            raise ValueError(f"{name} must be a 1-D list (..., height, width); "
                              f"got shape {size.shape}")
     return tf.reverse(size, [0])
 
@@ -247,12 +216,12 @@ def _size_xy(size, dtype, name="size"):
 def _conversion_args(coords, size):
     coords = _float_tensor(coords, "coords")
     if coords.shape.rank == 0:
-        raise ValueError("`coords` must have a last axis of (x, y, ...) values; got a scalar")
+        raise ValueError("coords must have a last axis of (x, y, ...) values; got a scalar")
     cdtype = _compute_dtype(coords.dtype)
     size_xy = _size_xy(size, cdtype)
     d, n = coords.shape[-1], size_xy.shape[0]
     if d is not None and n is not None and d != n:
-        raise ValueError(f"`size` has {n} entries but `coords` has {d} values per point "
+        raise ValueError(f"size has {n} entries but coords has {d} values per point "
                          f"(last axis of shape {coords.shape})")
     return coords, tf.cast(coords, cdtype), size_xy
 
@@ -434,7 +403,7 @@ def _prepare_heatmaps(inputs, name):
     x4, squeeze = _to_bhwk(x, name)
     for axis, label in ((1, "height"), (2, "width")):
         if x4.shape[axis] == 0:
-            raise ValueError(f"`{name}` must have a non-empty {label}; got shape {x.shape}")
+            raise ValueError(f"{name} must have a non-empty {label}; got shape {x.shape}")
     return x, x4, squeeze
 
 
@@ -456,7 +425,7 @@ def normalize_heatmaps(inputs, method="softmax"):
       >>> float(h[0, 0, 0, 0])
       0.0625
     """
-    _check_option(method, METHODS, "method")
+    check_option(method, name="method", allowed=METHODS)
     x, x4, _ = _prepare_heatmaps(inputs, "inputs")
     cdtype = _compute_dtype(x.dtype)
     p = _normalize_bhwk(tf.cast(x4, cdtype), method)
@@ -511,7 +480,7 @@ def dsnt(inputs, method="softmax"):
       >>> norm_heatmaps, coords = dsnt.dsnt(logits)          # [8, 32, 32], [8, 2]
       >>> _, coords_k = dsnt.dsnt(tf.zeros([8, 32, 32, 5]))  # [8, 5, 2], all 0
     """
-    _check_option(method, METHODS, "method")
+    check_option(method, name="method", allowed=METHODS)
     x, x4, squeeze = _prepare_heatmaps(inputs, "inputs")
     cdtype = _compute_dtype(x.dtype)
     if method == "softmax":
@@ -539,11 +508,11 @@ def _prepare_centres(centres, batch_like, squeeze, k, cdtype, name="centres"):
         elif c.shape.rank == 3 and k == 1:
             _dims_check(c, [batch_like, 1, 2], name, f"[batch, 1, 2] = [{batch_like}, 1, 2]")
         else:
-            raise ValueError(f"`{name}` must have shape [batch, 2] for single-point "
+            raise ValueError(f"{name} must have shape [batch, 2] for single-point "
                              f"heatmaps; got {c.shape}")
     else:
         if c.shape.rank != 3:
-            raise ValueError(f"`{name}` must have shape [batch, K, 2] = "
+            raise ValueError(f"{name} must have shape [batch, K, 2] = "
                              f"[{batch_like}, {k}, 2] for heatmaps with K channels; got {c.shape}")
         _dims_check(c, [batch_like, k, 2], name, f"[batch, K, 2] = [{batch_like}, {k}, 2]")
     return tf.cast(c, cdtype)
@@ -557,7 +526,7 @@ def _assert_batch_points(c, x4, name):
     hs = tf.shape(x4)
     check = tf.debugging.assert_equal(
         tf.shape(c)[:2], tf.stack([hs[0], hs[3]]),
-        message=f"`{name}` must have one (x, y) per heatmap: [batch, K, 2]")
+        message=f"{name} must have one (x, y) per heatmap: [batch, K, 2]")
     with tf.control_dependencies([check]):
         return tf.identity(c)
 
@@ -647,23 +616,23 @@ def make_gauss(centres, size, fwhm=1.0, normalize=True):
       12
     """
     c = _float_tensor(centres, "centres")
-    rank = _static_rank(c, "centres", (2, 3))
+    rank = check_rank(c, name="centres", ranks=(2, 3))
     if c.shape[-1] is not None and c.shape[-1] != 2:
-        raise ValueError(f"`centres` must end in an (x, y) axis of size 2; got shape {c.shape}")
+        raise ValueError(f"centres must end in an (x, y) axis of size 2; got shape {c.shape}")
     if isinstance(size, (list, tuple)):
         if len(size) != 2:
-            raise ValueError(f"`size` must be (height, width); got {size!r}")
+            raise ValueError(f"size must be (height, width); got {size!r}")
         for s in size:
             if isinstance(s, (int, np.integer)) and s <= 0:
-                raise ValueError(f"`size` entries must be positive, got {size!r}")
+                raise ValueError(f"size entries must be positive, got {size!r}")
         height, width = size
     else:
         size_t = tf.convert_to_tensor(size, name="size")
         if size_t.shape.rank != 1 or size_t.shape[0] not in (None, 2):
-            raise ValueError(f"`size` must be (height, width); got shape {size_t.shape}")
+            raise ValueError(f"size must be (height, width); got shape {size_t.shape}")
         height, width = size_t[0], size_t[1]
     cdtype = _compute_dtype(c.dtype)
-    sigma = fwhm_to_sigma(_check_positive(fwhm, "fwhm", cdtype))
+    sigma = fwhm_to_sigma(check_positive(fwhm, name="fwhm", dtype=cdtype))
     c3 = tf.cast(c if rank == 3 else c[:, tf.newaxis, :], cdtype)
     gy, gx = _gauss_factors(c3, height, width, sigma, normalize)
     g = tf.cast(gy * gx, c.dtype)
@@ -696,7 +665,7 @@ def _apply_mask(losses, mask):
     m = _float_tensor(mask, "mask", None)
     if m.shape.rank is not None and losses.shape.rank is not None:
         if m.shape.rank != losses.shape.rank or not m.shape.is_compatible_with(losses.shape):
-            raise ValueError(f"`mask` must have the shape of the per-point losses "
+            raise ValueError(f"mask must have the shape of the per-point losses "
                              f"{losses.shape} ([batch] or [batch, K]); got {m.shape}")
     m = tf.cast(m, losses.dtype)
     masked = tf.where(tf.not_equal(m, 0), losses, tf.zeros_like(losses)) * m
@@ -720,12 +689,12 @@ def _reduce(losses, mask, reduction):
 
 def _divergence_args(heatmaps, centres, fwhm, mask, reduction):
     """Validated (heatmaps, p [B, H, W, K], centres [B, K, 2], sigma, squeeze)."""
-    _check_option(reduction, REDUCTIONS, "reduction")
+    check_option(reduction, name="reduction", allowed=REDUCTIONS)
     x, x4, squeeze = _prepare_heatmaps(heatmaps, "heatmaps")
     cdtype = _compute_dtype(x.dtype)
     c = _prepare_centres(centres, x4.shape[0], squeeze, x4.shape[3], cdtype)
     c = _assert_batch_points(c, x4, "centres")
-    sigma = fwhm_to_sigma(_check_positive(fwhm, "fwhm", cdtype))
+    sigma = fwhm_to_sigma(check_positive(fwhm, name="fwhm", dtype=cdtype))
     return x, tf.cast(x4, cdtype), c, sigma, squeeze
 
 
@@ -881,10 +850,10 @@ def variance_reg_loss(heatmaps, fwhm=1.0, mask=None, reduction="mean"):
     Example:
       >>> loss = dsnt.variance_reg_loss(norm_heatmaps, fwhm=2.0)
     """
-    _check_option(reduction, REDUCTIONS, "reduction")
+    check_option(reduction, name="reduction", allowed=REDUCTIONS)
     x, x4, squeeze = _prepare_heatmaps(heatmaps, "heatmaps")
     cdtype = _compute_dtype(x.dtype)
-    sigma = fwhm_to_sigma(_check_positive(fwhm, "fwhm", cdtype))
+    sigma = fwhm_to_sigma(check_positive(fwhm, name="fwhm", dtype=cdtype))
     p = tf.cast(x4, cdtype)
     shape = tf.shape(p)
     total = 0.0
@@ -903,13 +872,13 @@ def variance_reg_loss(heatmaps, fwhm=1.0, mask=None, reduction="mean"):
 # ---------------------------------------------------------------------------
 
 def _coord_args(coords, targets, reduction):
-    _check_option(reduction, REDUCTIONS, "reduction")
+    check_option(reduction, name="reduction", allowed=REDUCTIONS)
     c = _float_tensor(coords, "coords")
     t = _float_tensor(targets, "targets")
     if c.shape.rank is not None and c.shape.rank < 1:
-        raise ValueError(f"`coords` must be [..., D], e.g. [B, 2] or [B, K, 2]; got {c.shape}")
+        raise ValueError(f"coords must be [..., D], e.g. [B, 2] or [B, K, 2]; got {c.shape}")
     if not c.shape.is_compatible_with(t.shape):
-        raise ValueError(f"`targets` must have the shape of `coords` {c.shape}; got {t.shape}")
+        raise ValueError(f"targets must have the shape of coords {c.shape}; got {t.shape}")
     cdtype = _compute_dtype(c.dtype)
     return c, tf.cast(c, cdtype) - tf.cast(t, cdtype)
 

@@ -8,6 +8,7 @@ Example:
 import sonnet as snt
 
 import dsnt
+from spatial_convention import check_option
 
 
 @snt.allow_empty_variables
@@ -37,7 +38,7 @@ class DSNT(snt.Module):
 
     def __init__(self, method="softmax", name=None):
         super().__init__(name=name)
-        self._method = dsnt._check_option(method, dsnt.METHODS, "method")
+        self._method = check_option(method, name="method", allowed=dsnt.METHODS)
 
     @property
     def method(self):

@@ -33,8 +33,10 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = ["half_extent", "centre", "normalized_to_pixel", "pixel_to_normalized",
-           "pixel_centers", "check_option", "check_bool", "as_float_tensor",
-           "compute_dtype", "compiled", "set_jit", "jit_enabled"]
+           "pixel_centers", "check_option", "check_bool", "check_positive_int",
+           "as_float_tensor", "check_rank", "check_size", "check_positive",
+           "check_same_batch", "with_assertions", "compute_dtype", "compiled",
+           "set_jit", "jit_enabled"]
 
 
 def half_extent(size, align_corners, dtype):
@@ -82,31 +84,51 @@ def pixel_centers(size, align_corners=False, dtype=tf.float32):
 
 
 # --------------------------------------------------------------------------
-# Input rules shared by the layers (messages name the argument as given)
+# Argument rules shared by the layers and their shells
 # --------------------------------------------------------------------------
+#
+# One calling convention: the value first, then keyword-only ``name`` (the
+# argument's name as the caller spells it, quoted in every message) and the
+# rule's parameters. Messages read "<name> must be <what>; got <value>".
+# Static facts are checked at once (a plain ValueError or TypeError); facts
+# known only at run time become ``tf.debugging`` assertions that carry the
+# same message (see :func:`with_assertions`).
 
-def check_option(name, value, allowed):
-    """``value`` if it is one of the strings ``allowed``, else a ValueError listing them."""
+def check_option(value, *, name, allowed):
+    """``value`` if it is one of the strings ``allowed``, else a ValueError listing them.
+
+    Example:
+      >>> check_option("border", name="padding_mode", allowed=("zeros", "border"))
+      'border'
+    """
     if not isinstance(value, str) or value not in allowed:
         raise ValueError(
             f"{name} must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}")
     return value
 
 
-def check_bool(name, value):
+def check_bool(value, *, name):
     """``value`` as a bool if it is a Python or NumPy bool, else a TypeError."""
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False (a Python bool); got {value!r}")
     return bool(value)
 
 
-def as_float_tensor(x, name, allow_bool=True):
+def check_positive_int(value, *, name):
+    """``value`` as an int if it is a positive Python or NumPy integer (not a bool)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+            or int(value) < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    return int(value)
+
+
+def as_float_tensor(value, *, name, allow_bool=True):
     """A real-valued tensor: float dtypes are kept, integers (and bools) become float32."""
     try:
-        x = tf.convert_to_tensor(x)
+        x = tf.convert_to_tensor(value)
     except (TypeError, ValueError) as e:
         raise TypeError(f"{name} must be a tensor or array of numbers; "
-                        f"got {type(x).__name__}: {e}") from None
+                        f"got {type(value).__name__}: {e}") from None
     dtype = x.dtype
     if dtype.is_floating:
         return x
@@ -114,6 +136,106 @@ def as_float_tensor(x, name, allow_bool=True):
         return tf.cast(x, tf.float32)
     kinds = "float, integer or bool" if allow_bool else "float or integer"
     raise TypeError(f"{name} must be a real-valued tensor ({kinds}); got dtype {dtype.name}")
+
+
+def check_rank(x, *, name, ranks, layout=None):
+    """The static rank of ``x`` if it is one of ``ranks``, else a ValueError.
+
+    ``layout`` describes the expected shape for the message, e.g.
+    ``"[B, H, W, C] or [B, D, H, W, C]"``. An unknown rank is an error: the
+    layers need to know how many spatial axes there are.
+    """
+    rank = x.shape.rank
+    want = " or ".join(str(r) for r in ranks)
+    described = f" ({layout})" if layout else ""
+    if rank is None:
+        raise ValueError(f"{name} must have a statically known rank {want}{described}; "
+                         "got a tensor of unknown rank")
+    if rank not in ranks:
+        raise ValueError(f"{name} must have rank {want}{described}; got shape {x.shape}")
+    return rank
+
+
+def check_size(value, *, name, ndim=(2,), labels=None):
+    """A spatial size: a tuple of positive ints or int scalar tensors, or None.
+
+    ``ndim`` lists the allowed lengths (2 for ``(height, width)``, 3 for
+    ``(depth, height, width)``). A 1-D int tensor of static length is split
+    into scalars.
+
+    Example:
+      >>> check_size((28, 28), name="out_dims")
+      (28, 28)
+    """
+    if value is None:
+        return None
+    lengths = tuple(ndim)
+    labels = labels or " or ".join({2: "(height, width)", 3: "(depth, height, width)"}.get(n, f"{n} sizes")
+                                  for n in lengths)
+    if isinstance(value, (tf.Tensor, tf.Variable)):
+        if value.shape.rank != 1 or value.shape[0] not in lengths:
+            raise ValueError(f"{name} must be {labels}; got a tensor of shape {value.shape}")
+        return tuple(value[i] for i in range(value.shape[0]))
+    try:
+        sizes = tuple(value)
+    except TypeError:
+        raise ValueError(f"{name} must be {labels}; got {value!r}") from None
+    if len(sizes) not in lengths:
+        raise ValueError(f"{name} must be {labels}; got {value!r}")
+    out = []
+    for s in sizes:
+        if isinstance(s, (tf.Tensor, tf.Variable)):
+            out.append(s)
+        elif isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)) or int(s) < 1:
+            count = " or ".join({2: "two", 3: "three"}.get(n, str(n)) for n in lengths)
+            raise ValueError(f"{name} must be {count} positive integers {labels}; got {value!r}")
+        else:
+            out.append(int(s))
+    return tuple(out)
+
+
+def check_positive(value, *, name, dtype):
+    """A positive finite scalar of ``dtype``: checked at once if static, else asserted."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a positive number; got {value!r}")
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        if not value > 0 or not np.isfinite(value):
+            raise ValueError(f"{name} must be a finite positive number; got {value!r}")
+        return tf.constant(value, dtype)
+    t = as_float_tensor(value, name=name)
+    if t.shape.rank not in (None, 0):
+        raise ValueError(f"{name} must be a scalar; got shape {t.shape}")
+    t = tf.cast(t, dtype)
+    static = tf.get_static_value(t)
+    if static is not None:
+        return check_positive(float(static), name=name, dtype=dtype)
+    return with_assertions([tf.debugging.assert_positive(t, message=f"{name} must be positive")],
+                           lambda: tf.identity(t))
+
+
+def check_same_batch(x, other, *, name, reference="the image"):
+    """Assertions that ``other`` has ``x``'s batch size (a ValueError when static)."""
+    bx, bo = x.shape[0] if x.shape.rank else None, other.shape[0] if other.shape.rank else None
+    if bx is not None and bo is not None:
+        if bx != bo:
+            raise ValueError(f"{name} must have the same batch size as {reference}; "
+                             f"got {bo} for {name} and {bx} for {reference}")
+        return []
+    return [tf.debugging.assert_equal(
+        tf.shape(x)[0], tf.shape(other)[0],
+        message=f"{name} must have the same batch size as {reference}")]
+
+
+def with_assertions(assertions, fn):
+    """``fn()`` run after the run-time ``assertions`` (in graphs; eager ones already ran).
+
+    XLA compiles the assertions out; TF1 graphs and ``tf.function`` raise
+    ``InvalidArgumentError`` with their message.
+    """
+    if assertions and not tf.executing_eagerly():
+        with tf.control_dependencies(assertions):
+            return fn()
+    return fn()
 
 
 def compute_dtype(*dtypes):
@@ -148,7 +270,7 @@ def set_jit(enabled):
     platforms without XLA. Takes effect for calls traced after it.
     """
     global _JIT
-    _JIT = check_bool("enabled", enabled)
+    _JIT = check_bool(enabled, name="enabled")
 
 
 def jit_enabled():
@@ -156,22 +278,20 @@ def jit_enabled():
     return _JIT
 
 
-def compiled(fn, *args, static=()):
-    """Calls ``fn(*args, *static)``, XLA-compiled unless ``set_jit(False)``.
+def compiled(fn, *args, **options):
+    """Calls ``fn(*args, **options)``, XLA-compiled unless ``set_jit(False)``.
 
-    One compiled function per (fn, static options); a partial rather than a
-    lambda so that TensorFlow's retracing statistics are kept per option
-    set (they are keyed by code object) and mixing options stays quiet.
-    Gradients of the call are compiled too.
+    ``args`` are tensors; ``options`` are named Python values (strings,
+    bools, ints, tuples) fixed at trace time. One compiled function per
+    (fn, options); a partial rather than a lambda so that TensorFlow's
+    retracing statistics are kept per option set (they are keyed by code
+    object) and mixing options stays quiet. Gradients of the call are
+    compiled too.
     """
     if not _JIT:
-        return fn(*args, *static)
-    key = (fn, static)
+        return fn(*args, **options)
+    key = (fn, tuple(sorted(options.items())))
     if key not in _jitted:
-        bound = functools.partial(_call_with_static, fn, static)
+        bound = functools.partial(fn, **options)
         _jitted[key] = tf.function(bound, jit_compile=True, reduce_retracing=True)
     return _jitted[key](*args)
-
-
-def _call_with_static(fn, static, *args):
-    return fn(*args, *static)

@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 import spatial_convention
+from spatial_convention import as_float_tensor, check_bool, check_option, check_rank, check_size
 
 __all__ = [
     "PADDING_MODES", "INTERPOLATIONS", "TRANSFORMS",
@@ -47,7 +48,7 @@ __all__ = [
     "identity_theta", "affine_theta", "attention_theta", "rotation_theta",
     "similarity_theta", "affine_diffeomorphic_theta", "projective_theta",
     "invert_affine", "compose_affine", "AffineWarpConstraints",
-    "transform_theta", "set_jit",
+    "TransformFamily", "transform_family", "transform_theta", "set_jit",
 ]
 
 PADDING_MODES = ("zeros", "border", "reflection")
@@ -72,53 +73,10 @@ def set_jit(enabled):
 
 
 # --------------------------------------------------------------------------
-# Argument checking
+# Argument rules (one place for the project: spatial_convention.py)
 # --------------------------------------------------------------------------
 
-_check_option = spatial_convention.check_option
-_check_bool = spatial_convention.check_bool
 _compute_dtype = spatial_convention.compute_dtype
-
-
-def _as_image(img, name):
-    """Floats keep their dtype; integer and bool images become float32."""
-    return spatial_convention.as_float_tensor(img, name)
-
-
-def _as_float(x, name):
-    """Transforms, grids and coordinates: floats kept, integers -> float32."""
-    return spatial_convention.as_float_tensor(x, name, allow_bool=False)
-
-
-def _check_rank(x, name, rank, layout):
-    if x.shape.rank is not None and x.shape.rank != rank:
-        raise ValueError(
-            f"{name} must have rank {rank} ({layout}); got shape {x.shape}")
-
-
-def _check_size(name, size):
-    """Validates an (height, width) pair of positive ints or int scalars."""
-    if size is None:
-        return None
-    if isinstance(size, (tf.Tensor, tf.Variable)):
-        if size.shape.rank is not None and (size.shape.rank != 1 or size.shape[0] not in (None, 2)):
-            raise ValueError(f"{name} must be (height, width); got a tensor of shape {size.shape}")
-        return (size[0], size[1])
-    try:
-        size = tuple(size)
-    except TypeError:
-        raise ValueError(f"{name} must be (height, width); got {size!r}") from None
-    if len(size) != 2:
-        raise ValueError(f"{name} must be (height, width); got {size!r}")
-    out = []
-    for s in size:
-        if isinstance(s, (tf.Tensor, tf.Variable)):
-            out.append(s)
-            continue
-        if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)) or int(s) < 1:
-            raise ValueError(f"{name} must be two positive integers (height, width); got {size!r}")
-        out.append(int(s))
-    return tuple(out)
 
 
 def _static_or_dynamic_shape(x):
@@ -152,7 +110,7 @@ def normalized_to_pixel(coord, size, align_corners=False):
     Example:
       >>> normalized_to_pixel(tf.constant([-1., 0., 1.]), 4)   # [-0.5, 1.5, 3.5]
     """
-    return spatial_convention.normalized_to_pixel(_as_float(coord, "coord"), size, align_corners)
+    return spatial_convention.normalized_to_pixel(as_float_tensor(coord, name="coord", allow_bool=False), size, align_corners)
 
 
 def pixel_to_normalized(coord, size, align_corners=False):
@@ -164,7 +122,7 @@ def pixel_to_normalized(coord, size, align_corners=False):
     Example:
       >>> pixel_to_normalized(tf.constant([0., 3.]), 4)   # [-0.75, 0.75]
     """
-    return spatial_convention.pixel_to_normalized(_as_float(coord, "coord"), size, align_corners)
+    return spatial_convention.pixel_to_normalized(as_float_tensor(coord, name="coord", allow_bool=False), size, align_corners)
 
 
 def pixel_centers(size, align_corners=False, dtype=tf.float32):
@@ -185,7 +143,7 @@ def pixel_centers(size, align_corners=False, dtype=tf.float32):
 
 def _theta_matrix(theta, name="theta"):
     """Returns (matrix, is_projective): [B, 2, 3] affine or [B, 3, 3] projective."""
-    theta = _as_float(theta, name)
+    theta = as_float_tensor(theta, name=name, allow_bool=False)
     shape = theta.shape
     if shape.rank == 2 and shape[-1] in (6, 8):
         projective = shape[-1] == 8
@@ -288,8 +246,8 @@ def affine_grid(theta, size, *, align_corners=False):
       >>> theta = identity_theta(2)
       >>> affine_grid(theta, (3, 4)).shape   # [2, 3, 4, 2]
     """
-    align_corners = _check_bool("align_corners", align_corners)
-    size = _check_size("size", size)
+    align_corners = check_bool(align_corners, name="align_corners")
+    size = check_size(size, name="size")
     if size is None:
         raise ValueError("size must be (height, width); got None")
     matrix, projective = _theta_matrix(theta)
@@ -627,7 +585,7 @@ def _transform_pixels(img, theta, out_size, projective, align_corners):
     return _transform_points(theta, projective, out_size, align_corners, in_half, in_centre)
 
 
-def _warp(img, pixels_fn, coords_arg, coords_static, padding_mode, interpolation,
+def _warp(img, pixels_fn, coords_arg, coords_options, padding_mode, interpolation,
           align_corners):
     """Coordinates, then the sampler: two compiled functions, on purpose.
 
@@ -642,30 +600,9 @@ def _warp(img, pixels_fn, coords_arg, coords_static, padding_mode, interpolation
     a caller's own XLA function both are inlined into one computation
     again; tests/test_stn.py checks that case too.)
     """
-    x, y = spatial_convention.compiled(pixels_fn, img, coords_arg, static=coords_static)
-    return spatial_convention.compiled(_sample_pixels, img, x, y,
-                                       static=(padding_mode, interpolation, align_corners))
-
-
-def _check_batch(img, other, name):
-    """Static batch check, or a dynamic assertion (ignored by XLA) when unknown."""
-    bi, bo = img.shape[0], other.shape[0]
-    if bi is not None and bo is not None:
-        if bi != bo:
-            raise ValueError(
-                f"{name} must have the same batch size as the image; got {bo} for {name} "
-                f"and {bi} for the image")
-        return []
-    return [tf.debugging.assert_equal(
-        tf.shape(img)[0], tf.shape(other)[0],
-        message=f"{name} must have the same batch size as the image")]
-
-
-def _with_deps(deps, fn):
-    if deps and not tf.executing_eagerly():
-        with tf.control_dependencies(deps):
-            return fn()
-    return fn()
+    x, y = spatial_convention.compiled(pixels_fn, img, coords_arg, **coords_options)
+    return spatial_convention.compiled(_sample_pixels, img, x, y, padding_mode=padding_mode,
+                                       interpolation=interpolation, align_corners=align_corners)
 
 
 # --------------------------------------------------------------------------
@@ -702,18 +639,18 @@ def grid_sample(img, grid, *, align_corners=False, padding_mode="zeros",
       >>> grid = affine_grid(identity_theta(1), (8, 8))
       >>> out = grid_sample(img, grid)          # == img
     """
-    align_corners = _check_bool("align_corners", align_corners)
-    _check_option("padding_mode", padding_mode, PADDING_MODES)
-    _check_option("interpolation", interpolation, INTERPOLATIONS)
-    img = _as_image(img, "img")
-    grid = _as_float(grid, "grid")
-    _check_rank(img, "img", 4, "[B, H, W, C]")
-    _check_rank(grid, "grid", 4, "[B, Ho, Wo, 2]")
+    align_corners = check_bool(align_corners, name="align_corners")
+    check_option(padding_mode, name="padding_mode", allowed=PADDING_MODES)
+    check_option(interpolation, name="interpolation", allowed=INTERPOLATIONS)
+    img = as_float_tensor(img, name="img")
+    grid = as_float_tensor(grid, name="grid", allow_bool=False)
+    check_rank(img, name="img", ranks=(4,), layout="[B, H, W, C]")
+    check_rank(grid, name="grid", ranks=(4,), layout="[B, Ho, Wo, 2]")
     if grid.shape[-1] is not None and grid.shape[-1] != 2:
         raise ValueError(f"grid must have shape [B, Ho, Wo, 2] (x, y); got {grid.shape}")
-    deps = _check_batch(img, grid, "grid")
-    return _with_deps(deps, lambda: _warp(
-        img, _grid_pixels, grid, (align_corners,), padding_mode, interpolation, align_corners))
+    deps = spatial_convention.check_same_batch(img, grid, name="grid")
+    return spatial_convention.with_assertions(deps, lambda: _warp(
+        img, _grid_pixels, grid, dict(align_corners=align_corners), padding_mode, interpolation, align_corners))
 
 
 def spatial_transformer_network(input_fmap, theta, out_dims=None, *, align_corners=False,
@@ -747,17 +684,19 @@ def spatial_transformer_network(input_fmap, theta, out_dims=None, *, align_corne
       >>> y = spatial_transformer_network(x, theta)   # == x, exactly
       >>> crop = spatial_transformer_network(x, attention_theta([[0.5, 0., 0.]] * 2), (50, 50))
     """
-    align_corners = _check_bool("align_corners", align_corners)
-    _check_option("padding_mode", padding_mode, PADDING_MODES)
-    _check_option("interpolation", interpolation, INTERPOLATIONS)
-    img = _as_image(input_fmap, "input_fmap")
-    _check_rank(img, "input_fmap", 4, "[B, H, W, C]")
+    align_corners = check_bool(align_corners, name="align_corners")
+    check_option(padding_mode, name="padding_mode", allowed=PADDING_MODES)
+    check_option(interpolation, name="interpolation", allowed=INTERPOLATIONS)
+    img = as_float_tensor(input_fmap, name="input_fmap")
+    check_rank(img, name="input_fmap", ranks=(4,), layout="[B, H, W, C]")
     matrix, projective = _theta_matrix(theta)
-    out_size = _check_size("out_dims", out_dims)
-    deps = _check_batch(img, matrix, "theta")
+    out_size = check_size(out_dims, name="out_dims")
+    deps = spatial_convention.check_same_batch(img, matrix, name="theta")
     if out_size is None or all(isinstance(s, int) for s in out_size):
         # Static output size: the grid is generated inside XLA.
-        fn = lambda: _warp(img, _transform_pixels, matrix, (out_size, projective, align_corners),
+        fn = lambda: _warp(img, _transform_pixels, matrix,
+                           dict(out_size=out_size, projective=projective,
+                                align_corners=align_corners),
                            padding_mode, interpolation, align_corners)
     else:
         # Output size known only at run time (a tensor): grid generation
@@ -766,7 +705,7 @@ def spatial_transformer_network(input_fmap, theta, out_dims=None, *, align_corne
             img, affine_grid(matrix, out_size, align_corners=align_corners),
             align_corners=align_corners, padding_mode=padding_mode,
             interpolation=interpolation)
-    return _with_deps(deps, fn)
+    return spatial_convention.with_assertions(deps, fn)
 
 
 def affine_grid_generator(height, width, theta, *, align_corners=False):
@@ -790,10 +729,10 @@ def bilinear_sampler(img, x, y, *, align_corners=False, padding_mode="zeros"):
     Kept for snippet compatibility; now exact (it is ``grid_sample`` with
     bilinear interpolation). Returns ``[B, Ho, Wo, C]``.
     """
-    x = _as_float(x, "x")
-    y = _as_float(y, "y")
-    _check_rank(x, "x", 3, "[B, Ho, Wo]")
-    _check_rank(y, "y", 3, "[B, Ho, Wo]")
+    x = as_float_tensor(x, name="x", allow_bool=False)
+    y = as_float_tensor(y, name="y", allow_bool=False)
+    check_rank(x, name="x", ranks=(3,), layout="[B, Ho, Wo]")
+    check_rank(y, name="y", ranks=(3,), layout="[B, Ho, Wo]")
     dtype = _compute_dtype(x.dtype, y.dtype)
     grid = tf.stack([tf.cast(x, dtype), tf.cast(y, dtype)], axis=-1)
     return grid_sample(img, grid, align_corners=align_corners, padding_mode=padding_mode,
@@ -805,7 +744,7 @@ def bilinear_sampler(img, x, y, *, align_corners=False, padding_mode="zeros"):
 # --------------------------------------------------------------------------
 
 def _params(params, name, count):
-    params = _as_float(params, name)
+    params = as_float_tensor(params, name=name, allow_bool=False)
     if params.shape.rank is not None and (params.shape.rank != 2 or params.shape[-1] not in (None, count)):
         raise ValueError(f"{name} must have shape [B, {count}]; got {params.shape}")
     if params.shape.rank is None or params.shape[-1] is None:
@@ -875,7 +814,7 @@ def rotation_theta(angle, scale=1.0, translation=(0.0, 0.0)):
     Example:
       >>> out = spatial_transformer_network(img, rotation_theta(tf.fill([B], np.pi / 4)))
     """
-    angle = _as_float(angle, "angle")
+    angle = as_float_tensor(angle, name="angle", allow_bool=False)
     angle = tf.reshape(angle, [-1])
     scale = tf.cast(scale, angle.dtype) * tf.ones_like(angle)
     tx = tf.cast(translation[0], angle.dtype) * tf.ones_like(angle)
@@ -1046,17 +985,87 @@ class AffineWarpConstraints:
         return f"AffineWarpConstraints({self.constraints!r})"
 
 
-# name -> (number of parameters, identity parameters, params -> theta)
+class TransformFamily:
+    """A family of transforms as a localisation network predicts it.
+
+    ``theta(params)`` maps ``[B, num_params]`` parameters to the transform
+    (what ``spatial_transformer_network`` takes); ``identity_params`` are the
+    parameters of the identity, the starting point of a localisation
+    network's last layer; ``warp(inputs, theta, ...)`` applies a transform
+    of the family. Get one with :func:`transform_family`.
+
+    Example:
+      >>> family = transform_family("attention")
+      >>> family.num_params, family.identity_params
+      (3, (1.0, 0.0, 0.0))
+    """
+
+    def __init__(self, name, ndim, num_params, identity_params, theta):
+        self.name = name
+        self.ndim = ndim
+        self.num_params = num_params
+        self.identity_params = tuple(float(v) for v in identity_params)
+        self._theta = theta
+
+    def theta(self, params):
+        """``params`` ``[B, num_params]`` -> this family's transform."""
+        return self._theta(params)
+
+    def warp(self, inputs, theta, out_dims=None, *, align_corners=False, padding_mode="zeros",
+             interpolation="bilinear"):
+        """Warps ``inputs`` by a transform ``theta`` of this family."""
+        return spatial_transformer_network(inputs, theta, out_dims, align_corners=align_corners,
+                                           padding_mode=padding_mode,
+                                           interpolation=interpolation)
+
+    def __repr__(self):
+        return f"TransformFamily({self.name!r}, ndim={self.ndim}, num_params={self.num_params})"
+
+
+# name -> {number of spatial dimensions: family}
 TRANSFORMS = {
-    "affine": (6, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), affine_theta),
-    "attention": (3, (1.0, 0.0, 0.0), attention_theta),
-    "similarity": (4, (1.0, 0.0, 0.0, 0.0), similarity_theta),
-    "diffeomorphic": (6, (0.0,) * 6, affine_diffeomorphic_theta),
-    "projective": (8, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0), projective_theta),
+    "affine": {2: TransformFamily("affine", 2, 6, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), affine_theta)},
+    "attention": {2: TransformFamily("attention", 2, 3, (1.0, 0.0, 0.0), attention_theta)},
+    "similarity": {2: TransformFamily("similarity", 2, 4, (1.0, 0.0, 0.0, 0.0),
+                                      similarity_theta)},
+    "diffeomorphic": {2: TransformFamily("diffeomorphic", 2, 6, (0.0,) * 6,
+                                         affine_diffeomorphic_theta)},
+    "projective": {2: TransformFamily("projective", 2, 8, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0),
+                                      projective_theta)},
 }
 
 
-def transform_theta(transform, params):
-    """theta from ``params`` [B, k] for a transform family named in ``TRANSFORMS``."""
-    _check_option("transform", transform, tuple(TRANSFORMS))
-    return TRANSFORMS[transform][2](params)
+def transform_family(transform="affine", ndim=2, *, constraints=None):
+    """The family named ``transform`` (a key of ``TRANSFORMS``) in ``ndim`` dimensions.
+
+    Args:
+      transform: "affine", "attention", "similarity", "diffeomorphic" or
+        "projective".
+      ndim: 2 for images.
+      constraints: an ``AffineWarpConstraints`` that fixes some entries of
+        an affine transform (``transform="affine"`` only); the family's
+        parameters are then the free entries.
+
+    Example:
+      >>> transform_family("affine", constraints=AffineWarpConstraints.translation_only()).num_params
+      2
+    """
+    check_option(transform, name="transform", allowed=tuple(TRANSFORMS))
+    families = TRANSFORMS[transform]
+    if ndim not in families:
+        raise ValueError(f"transform={transform!r} has no {ndim}-D form; ndim must be one of "
+                         f"{', '.join(str(n) for n in sorted(families))}; got {ndim!r}")
+    family = families[ndim]
+    if constraints is None:
+        return family
+    if not isinstance(constraints, AffineWarpConstraints):
+        raise TypeError(f"constraints must be an stn.AffineWarpConstraints; got {constraints!r}")
+    if transform != "affine":
+        raise ValueError(f"constraints only apply to transform='affine'; got {transform!r}")
+    return TransformFamily("affine", ndim, constraints.num_free_params,
+                           constraints.identity_params, constraints.theta)
+
+
+def transform_theta(transform, params, ndim=2):
+    """theta from ``params`` ``[B, k]`` for a transform family named in ``TRANSFORMS``."""
+    return transform_family(transform, ndim).theta(params)

@@ -17,6 +17,7 @@ import sonnet as snt
 import tensorflow as tf
 
 import stn
+from spatial_convention import check_bool, check_option, check_size
 
 
 class _ValuesInit(snt.initializers.Initializer):
@@ -62,40 +63,28 @@ class SpatialTransformer(snt.Module):
                  align_corners=False, padding_mode="zeros", interpolation="bilinear",
                  name=None):
         super().__init__(name=name)
-        stn._check_option("transform", transform, tuple(stn.TRANSFORMS))
-        stn._check_option("padding_mode", padding_mode, stn.PADDING_MODES)
-        stn._check_option("interpolation", interpolation, stn.INTERPOLATIONS)
-        stn._check_bool("align_corners", align_corners)
-        self.out_dims = stn._check_size("out_dims", out_dims)
+        check_option(padding_mode, name="padding_mode", allowed=stn.PADDING_MODES)
+        check_option(interpolation, name="interpolation", allowed=stn.INTERPOLATIONS)
+        self.align_corners = check_bool(align_corners, name="align_corners")
+        self.out_dims = check_size(out_dims, name="out_dims")
         if localization is not None and not callable(localization):
             raise TypeError(f"localization must be callable (e.g. an snt.Module); got {localization!r}")
-        if constraints is not None:
-            if not isinstance(constraints, stn.AffineWarpConstraints):
-                raise TypeError("constraints must be an stn.AffineWarpConstraints; "
-                                f"got {constraints!r}")
-            if transform != "affine":
-                raise ValueError(f"constraints only apply to transform='affine'; got {transform!r}")
+        self.family = stn.transform_family(transform, constraints=constraints)
         self.transform = transform
         self.constraints = constraints
-        self.align_corners = align_corners
         self.padding_mode = padding_mode
         self.interpolation = interpolation
         self.localization = localization
-        if constraints is not None:
-            count, identity = constraints.num_free_params, constraints.identity_params
-        else:
-            count, identity = stn.TRANSFORMS[transform][:2]
-        self.num_params = count
+        self.num_params = self.family.num_params
         self.head = None
         if localization is not None:
-            self.head = snt.Linear(count, w_init=snt.initializers.Zeros(),
-                                   b_init=_ValuesInit(identity), name="theta_head")
+            self.head = snt.Linear(self.num_params, w_init=snt.initializers.Zeros(),
+                                   b_init=_ValuesInit(self.family.identity_params),
+                                   name="theta_head")
 
     def params_to_theta(self, params):
         """The transform family's parameters ``[B, num_params]`` -> theta."""
-        if self.constraints is not None:
-            return self.constraints.theta(params)
-        return stn.transform_theta(self.transform, params)
+        return self.family.theta(params)
 
     def predict_theta(self, inputs):
         """theta predicted by the localisation network for ``inputs``."""
@@ -116,7 +105,6 @@ class SpatialTransformer(snt.Module):
     def __call__(self, inputs, theta=None, return_theta=False):
         if theta is None:
             theta = self.predict_theta(inputs)
-        out = stn.spatial_transformer_network(
-            inputs, theta, self.out_dims, align_corners=self.align_corners,
-            padding_mode=self.padding_mode, interpolation=self.interpolation)
+        out = self.family.warp(inputs, theta, self.out_dims, align_corners=self.align_corners,
+                               padding_mode=self.padding_mode, interpolation=self.interpolation)
         return (out, theta) if return_theta else out

@@ -17,7 +17,7 @@ from coordconv_snt import CoordConv2D
 
 # The experiments call stn's "diffeomorphic" family "diffeo" (variant and
 # run names); every family's parameter count, identity parameters and
-# params -> theta map come from stn.TRANSFORMS.
+# params -> theta map come from stn.transform_family.
 _STN_NAMES = {"diffeo": "diffeomorphic"}
 
 
@@ -27,7 +27,7 @@ def _stn_transform(transform):
 
 def identity_params(transform):
     """Parameters that the transform family maps to the identity."""
-    return list(stn.TRANSFORMS[_stn_transform(transform)][1])
+    return list(stn.transform_family(_stn_transform(transform)).identity_params)
 
 
 def _conv(coordconv, with_r, channels, kernel, name):
@@ -64,7 +64,7 @@ class LocalisationNet(_ConvNet):
     def __init__(self, transform="affine", coordconv=False, with_r=False,
                  channels=(8, 10), hidden=32, name="localisation"):
         super().__init__(name=name)
-        n = stn.TRANSFORMS[_stn_transform(transform)][0]
+        n = stn.transform_family(_stn_transform(transform)).num_params
         self.conv1 = _conv(coordconv, with_r, channels[0], 7, "conv1")
         self.conv2 = _conv(coordconv, with_r, channels[1], 5, "conv2")
         self.fc1 = snt.Linear(hidden, name="fc1")

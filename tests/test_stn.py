@@ -568,8 +568,8 @@ def test_transform_parameterisations():
         [[[s * np.cos(a), -s * np.sin(a), 0.1], [s * np.sin(a), s * np.cos(a), 0.2]]], atol=1e-6)
     np.testing.assert_allclose(stn.rotation_theta(a).numpy(),
                                stn.similarity_theta([[1.0, a, 0.0, 0.0]]).numpy())
-    for name, (k, identity, fn) in stn.TRANSFORMS.items():
-        theta = stn.transform_theta(name, [identity])
+    for name in stn.TRANSFORMS:
+        theta = stn.transform_theta(name, [stn.transform_family(name).identity_params])
         eye = np.eye(3)[: theta.shape[1]]
         np.testing.assert_allclose(theta.numpy()[0], eye, atol=1e-7, err_msg=name)
 
