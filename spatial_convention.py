@@ -14,15 +14,19 @@ In both, normalised 0 is pixel ``(n - 1) / 2`` and one normalised unit is
 ``n / 2`` (``False``) or ``(n - 1) / 2`` (``True``) pixels: every formula
 below is ``pixel = normalised * half_extent + centre``.
 
-The second part holds the argument rules the three layers share: option
-strings, Python bools, real-valued tensors (floats keep their dtype,
-integers become float32) and the dtype coordinates are computed in.
+The second part holds the argument rules the layers and their shells share,
+all called the same way: the value, then keyword-only ``name=`` and the rule
+(option strings, Python bools, sizes, ranks, batch sizes, real-valued tensors
+whose floats keep their dtype and whose integers become float32, and the
+dtype coordinates are computed in).
 
-The last part is the one switch for the XLA-compiled inner functions (the
-STN sampler, DSNT's JS divergence): :func:`compiled` runs a function through
-``tf.function(jit_compile=True)`` unless :func:`set_jit` turned that off
-(or the environment variable ``SPATIAL_JIT=0``, or the older ``STN_JIT=0``,
-was set before import).
+The last part holds the two switches of the fast paths: :func:`use_kernels`
+chooses between the hand-tuned kernels (``_stn_kernels.py``,
+``_dsnt_kernels.py``) and the direct maths written in ``stn.py`` and
+``dsnt.py`` (environment variable ``SPATIAL_KERNELS=0``), and
+:func:`compiled` runs a kernel through ``tf.function(jit_compile=True)``
+unless :func:`set_jit` turned that off (or ``SPATIAL_JIT=0``, or the older
+``STN_JIT=0``, was set before import).
 
 Imports only TensorFlow and NumPy.
 """
@@ -36,7 +40,7 @@ __all__ = ["half_extent", "centre", "normalized_to_pixel", "pixel_to_normalized"
            "pixel_centers", "check_option", "check_bool", "check_positive_int",
            "as_float_tensor", "check_rank", "check_size", "check_positive",
            "check_same_batch", "with_assertions", "compute_dtype", "compiled",
-           "set_jit", "jit_enabled"]
+           "set_jit", "jit_enabled", "use_kernels", "kernels_enabled"]
 
 
 def half_extent(size, align_corners, dtype):
@@ -260,7 +264,27 @@ def _env_jit():
 
 
 _JIT = _env_jit()
+_KERNELS = os.environ.get("SPATIAL_KERNELS", "1").strip().lower() not in ("0", "false", "no", "off")
 _jitted = {}
+
+
+def use_kernels(enabled):
+    """Chooses the hand-tuned kernels (default) or the direct maths.
+
+    With kernels off, ``stn`` and ``dsnt`` run the definitions written in
+    their own modules as plain TensorFlow ops with automatic gradients: the
+    reference the kernels (``_stn_kernels.py``, ``_dsnt_kernels.py``) are
+    tested against. Same numbers to float round-off; the kernels are faster
+    and need less memory. Also set by the environment variable
+    ``SPATIAL_KERNELS=0`` before import. Takes effect for calls traced after it.
+    """
+    global _KERNELS
+    _KERNELS = check_bool(enabled, name="enabled")
+
+
+def kernels_enabled():
+    """Whether the hand-tuned kernels are used (see :func:`use_kernels`)."""
+    return _KERNELS
 
 
 def set_jit(enabled):
