@@ -49,6 +49,7 @@ __all__ = [
     "similarity_theta", "affine_diffeomorphic_theta", "projective_theta",
     "invert_affine", "compose_affine", "AffineWarpConstraints",
     "TransformFamily", "transform_family", "transform_theta", "set_jit",
+    "control_point_lattice", "tps_coefficients", "tps_grid",
 ]
 
 PADDING_MODES = ("zeros", "border", "reflection")
@@ -985,6 +986,155 @@ class AffineWarpConstraints:
         return f"AffineWarpConstraints({self.constraints!r})"
 
 
+# --------------------------------------------------------------------------
+# Thin-plate splines
+# --------------------------------------------------------------------------
+
+def control_point_lattice(rows, cols=None, *, extent=1.0, dtype=tf.float32):
+    """A regular ``rows x cols`` lattice of control points, ``[rows * cols, 2]`` (x, y).
+
+    The points run from ``-extent`` to ``extent`` along each axis
+    (normalised units; ``extent=1`` puts the outer points on the image's
+    edges with ``align_corners=False``, on the corner pixels' centres with
+    ``True``), listed row by row (y outer, x inner).
+
+    Example:
+      >>> control_point_lattice(2, 3).numpy()
+      array([[-1., -1.],
+             [ 0., -1.],
+             [ 1., -1.],
+             [-1.,  1.],
+             [ 0.,  1.],
+             [ 1.,  1.]], dtype=float32)
+    """
+    return tf.constant(_lattice(rows, cols, extent), dtype)
+
+
+def _lattice(rows, cols=None, extent=1.0):
+    """NumPy ``[rows * cols, 2]`` lattice of :func:`control_point_lattice`."""
+    rows = spatial_convention.check_positive_int(rows, name="rows")
+    cols = rows if cols is None else spatial_convention.check_positive_int(cols, name="cols")
+    if rows * cols < 3:
+        raise ValueError(f"a thin-plate spline needs at least 3 control points; got {rows} x {cols}")
+
+    def axis(n):
+        return np.linspace(-extent, extent, n) if n > 1 else np.zeros(1)
+
+    x, y = np.meshgrid(axis(cols), axis(rows))
+    return np.stack([x.ravel(), y.ravel()], axis=-1)
+
+
+def _tps_kernel(squared_distance):
+    """The thin-plate radial basis U = r^2 log r^2 (0 at r = 0), from r^2."""
+    positive = squared_distance > 0.0
+    safe = tf.where(positive, squared_distance, tf.ones_like(squared_distance))
+    return tf.where(positive, squared_distance * tf.math.log(safe),
+                    tf.zeros_like(squared_distance))
+
+
+def _tps_features(points, control_points):
+    """[U(|p - c_i|^2) for each control point i, 1, x, y] of points p: ``[..., M, N + 3]``."""
+    d = points[..., :, None, :] - control_points[..., None, :, :]          # [..., M, N, 2]
+    radial = _tps_kernel(tf.reduce_sum(tf.square(d), axis=-1))
+    affine = tf.concat([tf.ones_like(points[..., :1]), points], axis=-1)   # [..., M, 3]
+    return tf.concat([radial, affine], axis=-1)
+
+
+def tps_coefficients(control_points, source_points):
+    """Solves for the thin-plate spline that sends control points to source points.
+
+    The interpolant is ``f(p) = sum_i w_i U(|p - c_i|^2) + a_0 + a_x x + a_y y``
+    with ``U(r^2) = r^2 log r^2``; ``f(c_i) = s_i`` together with
+    ``sum w_i = 0`` and ``sum w_i c_i = 0`` (no affine part in the bending)
+    is the ``(N + 3)``-square linear system ``[[K, P], [P^T, 0]]``, solved
+    batched. Differentiable in both point sets.
+
+    Args:
+      control_points: ``[N, 2]`` (shared) or ``[B, N, 2]`` normalised (x, y)
+        in the output; N >= 3, not all on one line.
+      source_points: ``[B, N, 2]`` normalised (x, y) in the input.
+
+    Returns:
+      ``[B, N + 3, 2]`` float64: the weights ``w`` (first N rows) and the
+      affine part ``a_0, a_x, a_y`` (last three), per output coordinate (x, y).
+      Solved in float64 whatever the inputs: close control points make the
+      system ill-conditioned enough to cost float32 several digits.
+    """
+    c = as_float_tensor(control_points, name="control_points", allow_bool=False)
+    s = as_float_tensor(source_points, name="source_points", allow_bool=False)
+    check_rank(c, name="control_points", ranks=(2, 3), layout="[N, 2] or [B, N, 2]")
+    check_rank(s, name="source_points", ranks=(3,), layout="[B, N, 2]")
+    for t, name in ((c, "control_points"), (s, "source_points")):
+        if t.shape[-1] is not None and t.shape[-1] != 2:
+            raise ValueError(f"{name} must end in an (x, y) axis of size 2; got shape {t.shape}")
+    n_c, n_s = c.shape[-2], s.shape[-2]
+    if n_c is not None and n_s is not None and n_c != n_s:
+        raise ValueError(f"source_points must have one point per control point ({n_c}); "
+                         f"got shape {s.shape}")
+    c, s = tf.cast(c, tf.float64), tf.cast(s, tf.float64)
+    features = _tps_features(c, c)                                     # [..., N, N + 3]
+    p_t = tf.linalg.matrix_transpose(features[..., -3:])              # [..., 3, N]
+    bottom = tf.concat([p_t, tf.zeros_like(p_t[..., :3])], axis=-1)   # [..., 3, N + 3]
+    system = tf.concat([features, bottom], axis=-2)                   # [..., N + 3, N + 3]
+    rhs = tf.concat([s, tf.zeros_like(s[:, :3])], axis=1)             # [B, N + 3, 2]
+    if c.shape.rank == 2:
+        # One system for the whole batch, with 2B right-hand sides.
+        batch = tf.shape(rhs)[0]
+        stacked = tf.reshape(tf.transpose(rhs, [1, 0, 2]), [tf.shape(rhs)[1], -1])
+        solved = tf.linalg.solve(system, stacked)
+        return tf.transpose(tf.reshape(solved, [-1, batch, 2]), [1, 0, 2])
+    return tf.linalg.solve(system, rhs)
+
+
+def tps_grid(control_points, source_points, size, *, align_corners=False):
+    """Sampling grid of the thin-plate spline that sends control points to source points.
+
+    The unique thin-plate interpolant (kernel ``r^2 log r^2`` plus an affine
+    part, see :func:`tps_coefficients`) evaluated at the output pixel
+    centres: each control point (output, normalised) is sent to its source
+    point (input, normalised), and the warp bends as little as possible in
+    between. Affine point sets give exactly ``affine_grid``'s grid (no
+    bending). The grid feeds ``grid_sample``; for the STN layer use
+    ``transform_family("tps", control_points=...)``.
+
+    Args:
+      control_points: ``[N, 2]`` or ``[B, N, 2]`` normalised (x, y) in the
+        output, e.g. ``control_point_lattice(4)``.
+      source_points: ``[B, N, 2]`` normalised (x, y) in the input.
+      size: ``(out_height, out_width)``.
+      align_corners: the convention of the normalised coordinates.
+
+    Returns:
+      ``[B, out_height, out_width, 2]`` normalised (x, y), in the dtype of
+      ``source_points`` (computed in float64, see :func:`tps_coefficients`).
+
+    Example:
+      >>> c = control_point_lattice(3)
+      >>> grid = tps_grid(c, c[None], (4, 5))   # source = control: the identity
+      >>> float(tf.reduce_max(tf.abs(grid - affine_grid(identity_theta(1), (4, 5))))) < 1e-6
+      True
+    """
+    align_corners = check_bool(align_corners, name="align_corners")
+    size = check_size(size, name="size")
+    if size is None:
+        raise ValueError("size must be (height, width); got None")
+    out_dtype = as_float_tensor(source_points, name="source_points", allow_bool=False).dtype
+    coefficients = tps_coefficients(control_points, source_points)     # [B, N + 3, 2]
+    # Evaluated in float64 too: the weights of close control points are
+    # large and cancel, which float32 features would not survive.
+    dtype = tf.float64
+    c = tf.cast(as_float_tensor(control_points, name="control_points", allow_bool=False), dtype)
+    height, width = size
+    xs = pixel_centers(width, align_corners, dtype)
+    ys = pixel_centers(height, align_corners, dtype)
+    points = tf.reshape(tf.stack(tf.meshgrid(xs, ys), axis=-1), [-1, 2])   # [H * W, 2]
+    if c.shape.rank == 3:
+        points = tf.broadcast_to(points, tf.concat([tf.shape(c)[:1], tf.shape(points)], 0))
+    grid = tf.matmul(_tps_features(points, c), coefficients)               # [B, H * W, 2]
+    grid = tf.reshape(grid, tf.stack([-1, height, width, 2]))
+    return tf.cast(grid, out_dtype)
+
+
 class TransformFamily:
     """A family of transforms as a localisation network predicts it.
 
@@ -1000,12 +1150,13 @@ class TransformFamily:
       (3, (1.0, 0.0, 0.0))
     """
 
-    def __init__(self, name, ndim, num_params, identity_params, theta):
+    def __init__(self, name, ndim, num_params, identity_params, theta, warp=None):
         self.name = name
         self.ndim = ndim
         self.num_params = num_params
         self.identity_params = tuple(float(v) for v in identity_params)
         self._theta = theta
+        self._warp = warp or spatial_transformer_network
 
     def theta(self, params):
         """``params`` ``[B, num_params]`` -> this family's transform."""
@@ -1014,9 +1165,8 @@ class TransformFamily:
     def warp(self, inputs, theta, out_dims=None, *, align_corners=False, padding_mode="zeros",
              interpolation="bilinear"):
         """Warps ``inputs`` by a transform ``theta`` of this family."""
-        return spatial_transformer_network(inputs, theta, out_dims, align_corners=align_corners,
-                                           padding_mode=padding_mode,
-                                           interpolation=interpolation)
+        return self._warp(inputs, theta, out_dims, align_corners=align_corners,
+                          padding_mode=padding_mode, interpolation=interpolation)
 
     def __repr__(self):
         return f"TransformFamily({self.name!r}, ndim={self.ndim}, num_params={self.num_params})"
@@ -1035,7 +1185,41 @@ TRANSFORMS = {
 }
 
 
-def transform_family(transform="affine", ndim=2, *, constraints=None):
+def _tps_family(control_points):
+    """The "tps" family: theta is the source points ``[B, N, 2]`` of fixed control points."""
+    if isinstance(control_points, (int, np.integer)) and not isinstance(control_points, bool):
+        points = _lattice(int(control_points))
+    elif isinstance(control_points, (tuple, list)) and len(control_points) == 2 and \
+            all(isinstance(v, (int, np.integer)) for v in control_points):
+        points = _lattice(*control_points)
+    else:
+        points = tf.get_static_value(
+            as_float_tensor(control_points, name="control_points", allow_bool=False))
+        if points is None:
+            raise ValueError("control_points of the tps family must be known when the layer "
+                             "is built (a constant, not a computed tensor)")
+        points = np.asarray(points, np.float64)
+    if points.ndim != 2 or points.shape[-1] != 2 or len(points) < 3:
+        raise ValueError("control_points must be an int k (k x k lattice), (rows, cols) or "
+                         f"an [N, 2] array of N >= 3 normalised (x, y); got shape {points.shape}")
+    n = len(points)
+
+    def theta(params):
+        return tf.reshape(_params(params, "params", 2 * n), [-1, n, 2])
+
+    def warp(inputs, source_points, out_dims=None, **sampling):
+        image = as_float_tensor(inputs, name="inputs")
+        size = out_dims if out_dims is not None else tf.unstack(tf.shape(image)[1:3])
+        grid = tps_grid(tf.constant(points, _compute_dtype(image.dtype)), source_points, size,
+                        align_corners=sampling["align_corners"])
+        return grid_sample(image, grid, **sampling)
+
+    family = TransformFamily("tps", 2, 2 * n, points.ravel(), theta, warp)
+    family.control_points = points   # [N, 2] NumPy, normalised (x, y) in the output
+    return family
+
+
+def transform_family(transform="affine", ndim=2, *, constraints=None, control_points=None):
     """The family named ``transform`` (a key of ``TRANSFORMS``) in ``ndim`` dimensions.
 
     Args:
@@ -1050,7 +1234,16 @@ def transform_family(transform="affine", ndim=2, *, constraints=None):
       >>> transform_family("affine", constraints=AffineWarpConstraints.translation_only()).num_params
       2
     """
-    check_option(transform, name="transform", allowed=tuple(TRANSFORMS))
+    check_option(transform, name="transform", allowed=tuple(TRANSFORMS) + ("tps",))
+    if transform == "tps":
+        if ndim != 2:
+            raise ValueError(f"transform='tps' is 2-D only; got ndim={ndim!r}")
+        if constraints is not None:
+            raise ValueError("constraints only apply to transform='affine'; got transform='tps'")
+        # Default: a 4 x 4 lattice over the whole image.
+        return _tps_family(4 if control_points is None else control_points)
+    if control_points is not None:
+        raise ValueError(f"control_points only apply to transform='tps'; got {transform!r}")
     families = TRANSFORMS[transform]
     if ndim not in families:
         raise ValueError(f"transform={transform!r} has no {ndim}-D form; ndim must be one of "
