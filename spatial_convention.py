@@ -32,14 +32,20 @@ Imports only TensorFlow and NumPy.
 """
 import functools
 import os
+from typing import Any, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
 
+#: Anything ``tf.convert_to_tensor`` takes: tensors, NumPy arrays, nested lists, numbers.
+TensorLike = Union[tf.Tensor, tf.Variable, np.ndarray, Sequence[Any], float, int]
+#: A pixel count: a Python int or an int scalar tensor (known only at run time).
+SizeLike = Union[int, tf.Tensor]
+
 __all__ = ["half_extent", "centre", "normalized_to_pixel", "pixel_to_normalized",
            "pixel_centers", "check_option", "check_bool", "check_positive_int",
            "as_float_tensor", "check_rank", "check_size", "check_positive",
-           "check_same_batch", "with_assertions", "compute_dtype", "compiled",
+           "check_same_batch", "with_assertions", "shape_list", "compute_dtype", "compiled",
            "set_jit", "jit_enabled", "use_kernels", "kernels_enabled"]
 
 
@@ -242,6 +248,15 @@ def with_assertions(assertions, fn):
     return fn()
 
 
+def shape_list(x):
+    """``x``'s shape as a list: static ints where known, scalar tensors elsewhere."""
+    static = x.shape.as_list()
+    if all(s is not None for s in static):
+        return static
+    dynamic = tf.unstack(tf.shape(x), num=len(static))
+    return [s if s is not None else d for s, d in zip(static, dynamic)]
+
+
 def compute_dtype(*dtypes):
     """Where coordinates are computed: float64 if any input is, else float32.
 
@@ -314,7 +329,10 @@ def compiled(fn, *args, **options):
     """
     if not _JIT:
         return fn(*args, **options)
-    key = (fn, tuple(sorted(options.items())))
+    # Keyed by the inputs' ranks too: one function retraced for another rank
+    # would generalise its inputs to an unknown rank.
+    ranks = tuple(getattr(a, "shape", tf.TensorShape(None)).rank for a in tf.nest.flatten(args))
+    key = (fn, tuple(sorted(options.items())), ranks)
     if key not in _jitted:
         bound = functools.partial(fn, **options)
         _jitted[key] = tf.function(bound, jit_compile=True, reduce_retracing=True)

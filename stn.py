@@ -1,267 +1,366 @@
-"""Spatial Transformer Networks for TensorFlow: grids, one sampler, transforms.
+"""Spatial Transformer Networks for TensorFlow: grids, one sampler, transforms, in 2-D and 3-D.
 
 Jaderberg, Simonyan, Zisserman and Kavukcuoglu, "Spatial Transformer
 Networks", NeurIPS 2015 (arXiv:1506.02025).
 
-A spatial transformer warps an image or feature map ``[B, H, W, C]`` by a
-transform ``theta`` that maps *output* coordinates to *input* coordinates:
-``out[b, i, j] = img[b, T_b(p_ij)]``, sampled with interpolation. Everything
-here is differentiable with respect to the image and to ``theta`` (or the
-sampling grid), so ``theta`` can be predicted by a localisation network.
+A spatial transformer warps an image or feature map ``[B, H, W, C]`` (or a
+volume ``[B, D, H, W, C]``) by a transform ``theta`` that maps *output*
+coordinates to *input* coordinates: ``out[b, p] = img[b, T_b(p)]``, sampled
+with interpolation. Everything here is differentiable with respect to the
+image and to ``theta`` (or the sampling grid, or a displacement field), so
+the transform can be predicted by a network.
 
-Coordinate convention (the one convention of this project, and PyTorch's
-``affine_grid`` / ``grid_sample``): normalised coordinates run from -1 to 1
-across the image, x along the width, y along the height, listed (x, y).
+Convention (``spatial_convention.py``; PyTorch's ``affine_grid`` /
+``grid_sample``): normalised coordinates run from -1 to 1 across the image,
+listed (x, y[, z]) with x along the width, y along the height and z along
+the depth. ``align_corners=False`` (default) puts -1 and 1 on the outer
+edges of the border pixels (pixel ``i`` of ``n`` is centred at
+``(2i + 1) / n - 1``, DSNT's convention); ``align_corners=True`` puts them
+on the centres of the corner pixels. Pixel coordinates put pixel ``i``'s
+centre at ``i``.
 
-* ``align_corners=False`` (default): -1 and 1 are the outer edges of the
-  border pixels; pixel ``i`` of ``n`` has centre ``(2i + 1) / n - 1``. This
-  is DSNT's convention, so a ``dsnt`` output feeds an STN translation as is.
-* ``align_corners=True``: -1 and 1 are the centres of the corner pixels;
-  pixel ``i`` of ``n`` has centre ``2i / (n - 1) - 1`` (0 when ``n == 1``).
+The module reads top-down: the convention, grids (transform -> where each
+output pixel samples), the sampler (padding modes, then interpolation as a
+weighted sum of taps), dense displacement fields, then the transform
+families (params -> theta) and thin-plate splines. The sampler here is the
+direct definition; ``_stn_kernels.py`` holds its hand-tuned, XLA-compiled
+version, used unless ``spatial_convention.use_kernels(False)`` (or
+``SPATIAL_KERNELS=0``), and tested against this one.
 
-Results agree with ``torch.nn.functional.affine_grid`` + ``grid_sample``
-(forward and gradients, every ``align_corners``, ``padding_mode`` and
-``interpolation``) to float32 round-off, and the identity transform returns
-the input exactly, for every size.
-
-The sampler runs as an XLA-compiled TensorFlow function (CPU, GPU and TPU
-alike); set the environment variable ``SPATIAL_JIT=0`` (or ``STN_JIT=0``)
-before import, or call ``set_jit(False)``, to run it as ordinary TensorFlow
-ops instead. Both give the same numbers.
-
-Only TensorFlow, NumPy and the project's ``spatial_convention.py`` (the
-convention, the argument rules and the XLA switch as small functions,
-shared with ``dsnt`` and ``coordconv``) are imported: copy the two files
-into any TF2 program or ``tf.compat.v1`` graph.
+Copying the layer into another project means copying ``stn.py``,
+``_stn_kernels.py`` and ``spatial_convention.py``; they import only
+TensorFlow and NumPy.
 """
+import functools
+import itertools
+from typing import List, Literal, Optional, Sequence, Union
+
 import numpy as np
 import tensorflow as tf
 
+import _stn_kernels
 import spatial_convention
-from spatial_convention import as_float_tensor, check_bool, check_option, check_rank, check_size
+from spatial_convention import (SizeLike, TensorLike, as_float_tensor, centre, check_bool,
+                                check_option, check_rank, check_size, half_extent)
 
 __all__ = [
-    "PADDING_MODES", "INTERPOLATIONS", "TRANSFORMS",
-    "spatial_transformer_network", "grid_sample", "affine_grid",
-    "affine_grid_generator", "bilinear_sampler",
+    "PADDING_MODES", "INTERPOLATIONS", "UNITS", "TRANSFORMS",
     "pixel_to_normalized", "normalized_to_pixel", "pixel_centers",
-    "identity_theta", "affine_theta", "attention_theta", "rotation_theta",
-    "similarity_theta", "affine_diffeomorphic_theta", "projective_theta",
-    "invert_affine", "compose_affine", "AffineWarpConstraints",
-    "TransformFamily", "transform_family", "transform_theta", "set_jit",
+    "affine_grid", "affine_grid_generator",
+    "grid_sample", "spatial_transformer_network", "bilinear_sampler",
+    "warp", "integrate_velocity", "compose_displacements", "jacobian_determinant",
+    "resize_displacement", "displacement_to_normalized", "displacement_to_pixels",
+    "identity_theta", "affine_theta", "attention_theta", "similarity_theta",
+    "rotation_theta", "euler_rotation_theta", "affine_diffeomorphic_theta",
+    "projective_theta", "invert_affine", "compose_affine", "AffineWarpConstraints",
     "control_point_lattice", "tps_coefficients", "tps_grid",
+    "TransformFamily", "transform_family", "transform_theta", "set_jit",
 ]
+
+PaddingMode = Literal["zeros", "border", "reflection"]
+Interpolation = Literal["bilinear", "nearest", "bicubic"]
+Units = Literal["pixels", "normalized"]
+Size = Union[Sequence[SizeLike], tf.Tensor]
 
 PADDING_MODES = ("zeros", "border", "reflection")
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
+#: Units of a displacement field: pixels of the image it samples, or normalised units.
+UNITS = ("pixels", "normalized")
 
 # Cubic convolution constant used by PyTorch (and OpenCV) for "bicubic".
 _CUBIC_A = -0.75
 
-# The image gradient's scatter-add is split into this many independent
-# scatters over the batch (see _scatter_add_per_image).
-_SCATTER_PARTS = 4
+_LAYOUTS = {2: "[B, H, W, C]", 3: "[B, D, H, W, C]"}
+_compute_dtype = spatial_convention.compute_dtype
 
 
-def set_jit(enabled):
-    """Chooses whether the sampler runs XLA-compiled (default) or as plain ops.
+def set_jit(enabled: bool) -> None:
+    """Chooses whether the kernels run XLA-compiled (default) or as plain ops.
 
     Both give the same numbers; plain ops are there for platforms without
     XLA. Takes effect for calls traced after it. One switch for the project:
-    the same as ``dsnt.set_jit`` and ``spatial_convention.set_jit``.
+    ``spatial_convention.set_jit``.
     """
     spatial_convention.set_jit(enabled)
 
 
 # --------------------------------------------------------------------------
-# Argument rules (one place for the project: spatial_convention.py)
+# The coordinate convention (spatial_convention.py), for tensors
 # --------------------------------------------------------------------------
 
-_compute_dtype = spatial_convention.compute_dtype
+def normalized_to_pixel(coord: TensorLike, size: SizeLike,
+                        align_corners: bool = False) -> tf.Tensor:
+    """Maps normalised coordinates along an axis of ``size`` pixels to pixel coordinates.
 
-
-def _static_or_dynamic_shape(x):
-    static = x.shape.as_list()
-    dynamic = tf.unstack(tf.shape(x)) if any(s is None for s in static) else None
-    return [s if s is not None else dynamic[i] for i, s in enumerate(static)]
-
-
-# --------------------------------------------------------------------------
-# The coordinate convention (one helper for each direction)
-# --------------------------------------------------------------------------
-
-_half_extent = spatial_convention.half_extent
-_centre = spatial_convention.centre
-
-
-def normalized_to_pixel(coord, size, align_corners=False):
-    """Maps normalised coordinates in [-1, 1] to pixel coordinates.
-
-    Pixel coordinates put pixel ``i``'s centre at ``i`` (0-based).
-
-    Args:
-      coord: float tensor of any shape, normalised coordinates along one axis.
-      size: number of pixels along that axis (int or int scalar tensor).
-      align_corners: the convention (see the module docstring).
-
-    Returns:
-      A tensor like ``coord``: ``coord * h + (size - 1) / 2`` with
-      ``h = size / 2`` (``align_corners=False``) or ``(size - 1) / 2``.
+    ``pixel = coord * h + (size - 1) / 2`` with ``h = size / 2``
+    (``align_corners=False``) or ``(size - 1) / 2`` (``True``); pixel ``i``
+    is centred at ``i``.
 
     Example:
-      >>> normalized_to_pixel(tf.constant([-1., 0., 1.]), 4)   # [-0.5, 1.5, 3.5]
+      >>> normalized_to_pixel([-1.0, 0.0, 1.0], 4).numpy()
+      array([-0.5,  1.5,  3.5], dtype=float32)
     """
-    return spatial_convention.normalized_to_pixel(as_float_tensor(coord, name="coord", allow_bool=False), size, align_corners)
+    coord = as_float_tensor(coord, name="coord", allow_bool=False)
+    return spatial_convention.normalized_to_pixel(coord, size, align_corners)
 
 
-def pixel_to_normalized(coord, size, align_corners=False):
+def pixel_to_normalized(coord: TensorLike, size: SizeLike,
+                        align_corners: bool = False) -> tf.Tensor:
     """Maps pixel coordinates (pixel ``i`` centred at ``i``) to normalised ones.
 
-    The inverse of ``normalized_to_pixel``. With ``align_corners=True`` and
-    ``size == 1`` every coordinate maps to 0.
+    The inverse of :func:`normalized_to_pixel`. With ``align_corners=True``
+    and ``size == 1`` every coordinate maps to 0.
 
     Example:
-      >>> pixel_to_normalized(tf.constant([0., 3.]), 4)   # [-0.75, 0.75]
+      >>> pixel_to_normalized([0.0, 3.0], 4).numpy()
+      array([-0.75,  0.75], dtype=float32)
     """
-    return spatial_convention.pixel_to_normalized(as_float_tensor(coord, name="coord", allow_bool=False), size, align_corners)
+    coord = as_float_tensor(coord, name="coord", allow_bool=False)
+    return spatial_convention.pixel_to_normalized(coord, size, align_corners)
 
 
-def pixel_centers(size, align_corners=False, dtype=tf.float32):
-    """Normalised coordinates of the centres of ``size`` pixels, shape ``[size]``.
-
-    ``align_corners=False``: ``(2i + 1) / n - 1`` (DSNT's convention);
-    ``align_corners=True``: ``2i / (n - 1) - 1`` (``[0.]`` for one pixel).
+def pixel_centers(size: SizeLike, align_corners: bool = False,
+                  dtype: tf.DType = tf.float32) -> tf.Tensor:
+    """Normalised coordinates of the centres of ``size`` pixels, ``[size]``.
 
     Example:
-      >>> pixel_centers(4)   # [-0.75, -0.25, 0.25, 0.75]
+      >>> pixel_centers(4).numpy()
+      array([-0.75, -0.25,  0.25,  0.75], dtype=float32)
     """
     return spatial_convention.pixel_centers(size, align_corners, dtype)
 
 
+def _sizes_xyz(x):
+    """Spatial sizes of ``x`` [B, *spatial, ...] listed (x, y[, z]): width first."""
+    return spatial_convention.shape_list(x)[-2:0:-1]
+
+
+def _check_image(img, name, interpolation=None):
+    """``img`` as a float tensor [B, H, W, C] or [B, D, H, W, C]; returns (img, ndim)."""
+    img = as_float_tensor(img, name=name)
+    ndim = check_rank(img, name=name, ranks=(4, 5), layout=" or ".join(_LAYOUTS.values())) - 2
+    if interpolation == "bicubic" and ndim != 2:
+        raise ValueError(f"interpolation='bicubic' is 2-D only (as in PyTorch); got {name} "
+                         f"of shape {img.shape}")
+    return img, ndim
+
+
+def _check_sampling(align_corners, padding_mode, interpolation):
+    check_bool(align_corners, name="align_corners")
+    check_option(padding_mode, name="padding_mode", allowed=PADDING_MODES)
+    check_option(interpolation, name="interpolation", allowed=INTERPOLATIONS)
+    return dict(align_corners=bool(align_corners), padding_mode=padding_mode,
+                interpolation=interpolation)
+
+
 # --------------------------------------------------------------------------
-# Transforms -> sampling coordinates
+# Grids: where each output pixel samples the input
 # --------------------------------------------------------------------------
 
-def _theta_matrix(theta, name="theta"):
-    """Returns (matrix, is_projective): [B, 2, 3] affine or [B, 3, 3] projective."""
-    theta = as_float_tensor(theta, name=name, allow_bool=False)
+def _theta_forms(ndim):
+    n = ndim
+    return (f"[B, {n * (n + 1)}] or [B, {n}, {n + 1}] (affine) or [B, {(n + 1) ** 2 - 1}] or "
+            f"[B, {n + 1}, {n + 1}] (projective)")
+
+
+def _theta_ndim(theta):
+    """The number of spatial dimensions a theta's static shape implies, or None."""
     shape = theta.shape
-    if shape.rank == 2 and shape[-1] in (6, 8):
-        projective = shape[-1] == 8
-        if projective:
-            ones = tf.ones_like(theta[:, :1])
-            return tf.reshape(tf.concat([theta, ones], axis=1), [-1, 3, 3]), True
-        return tf.reshape(theta, [-1, 2, 3]), False
-    if shape.rank == 3 and tuple(shape[1:]) in ((2, 3), (3, 3)):
-        return theta, shape[1] == 3
-    if shape.rank in (2, 3) and None in shape[1:]:
-        return _dynamic_homography(theta, name), True
-    raise ValueError(
-        f"{name} must have shape [B, 6] or [B, 2, 3] (affine) or [B, 8] or "
-        f"[B, 3, 3] (projective); got {shape}")
+    if shape.rank == 2:
+        return {6: 2, 8: 2, 12: 3, 15: 3}.get(shape[-1])
+    if shape.rank == 3:
+        return {(2, 3): 2, (3, 3): 2, (3, 4): 3, (4, 4): 3}.get(tuple(shape[1:]))
+    return None
 
 
-def _dynamic_homography(theta, name):
-    """[B, 6|8] or [B, 2|3, 3] known only at run time -> [B, 3, 3].
+def _theta_matrix(theta, ndim=None, name="theta"):
+    """theta -> (matrix, projective): ``[B, n, n + 1]`` affine or ``[B, n + 1, n + 1]``.
 
-    An affine theta gets the row (0, 0, 1): its homogeneous divide is by
-    exactly 1, so the numbers are those of the affine path.
+    ``ndim`` (n) is the image's; None infers it from theta's shape (2 if
+    that is unknown).
+    """
+    theta = as_float_tensor(theta, name=name, allow_bool=False)
+    implied = _theta_ndim(theta)
+    n = ndim or implied or 2
+    shape = theta.shape
+    if implied == n:
+        if shape.rank == 2:
+            if shape[-1] == n * (n + 1):
+                return tf.reshape(theta, [-1, n, n + 1]), False
+            return tf.reshape(tf.concat([theta, tf.ones_like(theta[:, :1])], 1),
+                              [-1, n + 1, n + 1]), True
+        return theta, shape[1] == n + 1
+    if implied is None and shape.rank in (2, 3) and None in shape[1:]:
+        return _dynamic_homography(theta, n, name), True
+    raise ValueError(f"{name} must have shape {_theta_forms(n)} for {n}-D inputs; got {shape}")
+
+
+def _dynamic_homography(theta, n, name):
+    """A theta whose matrix size is known only at run time -> ``[B, n + 1, n + 1]``.
+
+    An affine theta gets the row (0, ..., 0, 1): its homogeneous divide is
+    by exactly 1, so the numbers are those of the affine path.
     """
     batch = tf.shape(theta)[0]
+    last_row = tf.tile(tf.constant([[0.0] * n + [1.0]], theta.dtype), [batch, 1])
+    message = f"{name} must have shape {_theta_forms(n)}"
     if theta.shape.rank == 2:
         count = tf.shape(theta)[1]
         check = tf.debugging.assert_equal(
-            tf.reduce_any(tf.equal(count, [6, 8])), True,
-            message=f"{name} must have shape [B, 6] or [B, 8] (or [B, 2, 3] / [B, 3, 3])")
+            tf.reduce_any(tf.equal(count, [n * (n + 1), (n + 1) ** 2 - 1])), True, message=message)
         with tf.control_dependencies([check]):
-            tail = tf.cond(tf.equal(count, 6),
-                           lambda: tf.tile(tf.constant([[0.0, 0.0, 1.0]], theta.dtype), [batch, 1]),
+            tail = tf.cond(tf.equal(count, n * (n + 1)), lambda: last_row,
                            lambda: tf.ones([batch, 1], theta.dtype))
-        return tf.reshape(tf.concat([theta, tail], axis=1), [-1, 3, 3])
-    flat = tf.reshape(theta, [batch, -1])
+        return tf.reshape(tf.concat([theta, tail], axis=1), [-1, n + 1, n + 1])
     rows = tf.shape(theta)[1]
     check = tf.debugging.assert_equal(
-        tf.logical_and(tf.reduce_any(tf.equal(rows, [2, 3])), tf.equal(tf.shape(theta)[2], 3)),
-        True, message=f"{name} must have shape [B, 2, 3] or [B, 3, 3] (or [B, 6] / [B, 8])")
+        tf.logical_and(tf.reduce_any(tf.equal(rows, [n, n + 1])),
+                       tf.equal(tf.shape(theta)[2], n + 1)), True, message=message)
     with tf.control_dependencies([check]):
-        tail = tf.cond(tf.equal(rows, 2),
-                       lambda: tf.tile(tf.constant([[0.0, 0.0, 1.0]], theta.dtype), [batch, 1]),
+        tail = tf.cond(tf.equal(rows, n), lambda: last_row,
                        lambda: tf.zeros([batch, 0], theta.dtype))
-    return tf.reshape(tf.concat([flat, tail], axis=1), [-1, 3, 3])
+    flat = tf.reshape(theta, [batch, -1])
+    return tf.reshape(tf.concat([flat, tail], axis=1), [-1, n + 1, n + 1])
 
 
-def _transform_points(matrix, projective, out_size, align_corners, in_half, in_centre):
-    """Applies theta to the output pixel centres; returns (x, y), [B, Ho, Wo].
+def _offsets(sizes, dtype):
+    """Offsets of the pixel centres from the grid's centre along each axis, in pixels.
 
-    The result is ``in_half * T(p) + in_centre``: normalised coordinates when
-    ``in_half = 1, in_centre = 0``, input pixel coordinates when they are the
-    input's half extent and centre. The arithmetic is arranged so that the
-    identity transform between equal sizes gives exact pixel indices:
-    output offsets from the centre are half-integers (exact) and the scale
+    Half-integers, hence exact. One per axis (x, y[, z]), shaped to broadcast
+    over ``[B, *spatial]`` (whose layout lists z, y, x).
+    """
+    n = len(sizes)
+    offsets = []
+    for axis, size in enumerate(sizes):
+        shape = [1] * (n + 1)
+        shape[n - axis] = -1
+        offsets.append(tf.reshape(tf.range(size, dtype=dtype) - centre(size, dtype), shape))
+    return offsets
+
+
+def _transform_points(matrix, projective, out_sizes, align_corners, in_half, in_centre):
+    """Applies theta to the output pixel centres; returns (x, y[, z]), each ``[B, *out]``.
+
+    Per input axis r: ``in_half[r] * (T p)_r + in_centre[r]``, normalised
+    coordinates when ``in_half = 1, in_centre = 0``, input pixel coordinates
+    when they are the input's half extent and centre. The arithmetic is
+    arranged so that the identity transform between equal sizes gives exact
+    pixel indices: offsets from the centre are exact and each scale
     ``in_half / out_half`` is exactly 1.
     """
     dtype = matrix.dtype
-    out_h, out_w = out_size
-    # Offsets of output pixel centres from the output centre, in pixels (exact).
-    u = tf.range(out_w, dtype=dtype) - _centre(out_w, dtype)
-    v = tf.range(out_h, dtype=dtype) - _centre(out_h, dtype)
-    out_half_x = _half_extent(out_w, align_corners, dtype)
-    out_half_y = _half_extent(out_h, align_corners, dtype)
-    in_half_x, in_half_y = in_half
-    u = u[None, None, :]
-    v = v[None, :, None]
-    t = matrix[:, :, :, None, None]  # [B, r, c, 1, 1]
+    n = len(out_sizes)
+    offsets = _offsets(out_sizes, dtype)
+    out_half = [half_extent(s, align_corners, dtype) for s in out_sizes]
+    t = tf.reshape(matrix, tf.concat([tf.shape(matrix), [1] * n], 0))   # [B, rows, n + 1, 1...]
 
-    def row(r, scale_x, scale_y, offset_scale):
+    def row(r, scale):
         # scale / out_half folded into one factor per axis (0 for size-1 grids).
-        return (t[:, r, 0] * tf.math.divide_no_nan(scale_x, out_half_x) * u
-                + t[:, r, 1] * tf.math.divide_no_nan(scale_y, out_half_y) * v
-                + t[:, r, 2] * offset_scale)
+        total = t[:, r, 0] * tf.math.divide_no_nan(scale, out_half[0]) * offsets[0]
+        for c in range(1, n):
+            total += t[:, r, c] * tf.math.divide_no_nan(scale, out_half[c]) * offsets[c]
+        return total + t[:, r, n] * scale
 
-    x = row(0, in_half_x, in_half_x, in_half_x)
-    y = row(1, in_half_y, in_half_y, in_half_y)
+    coords = [row(r, in_half[r]) for r in range(n)]
     if projective:
-        one = tf.ones([], dtype)
-        w = row(2, one, one, one)
-        x = x / w
-        y = y / w
-    return x + in_centre[0], y + in_centre[1]
+        w = row(n, tf.ones([], dtype))
+        coords = [c / w for c in coords]
+    return [c + o for c, o in zip(coords, in_centre)]
 
 
-def affine_grid(theta, size, *, align_corners=False):
-    """Sampling grid for ``grid_sample`` from transforms (PyTorch's ``affine_grid``).
+def affine_grid(theta: TensorLike, size: Size, *, align_corners: bool = False) -> tf.Tensor:
+    """Sampling grid for :func:`grid_sample` from transforms (PyTorch's ``affine_grid``).
 
     Args:
-      theta: ``[B, 2, 3]`` or ``[B, 6]`` affine, or ``[B, 3, 3]`` or ``[B, 8]``
-        projective (homogeneous, ``h22 = 1`` for the 8-vector), mapping output
-        normalised (x, y) to input normalised (x, y). Float dtypes are kept
-        (half types are computed in float32 and cast back).
-      size: ``(out_height, out_width)``, positive ints or int scalars.
-      align_corners: the coordinate convention (module docstring).
+      theta: 2-D: ``[B, 2, 3]`` / ``[B, 6]`` affine or ``[B, 3, 3]`` /
+        ``[B, 8]`` projective (``h22 = 1`` for the 8-vector). 3-D: ``[B, 3, 4]``
+        / ``[B, 12]`` affine or ``[B, 4, 4]`` / ``[B, 15]`` projective. Maps
+        output normalised (x, y[, z]) to input normalised (x, y[, z]).
+      size: ``(out_height, out_width)`` or ``(out_depth, out_height,
+        out_width)``: positive ints or int scalars.
+      align_corners: the convention (module docstring).
 
     Returns:
-      ``[B, out_height, out_width, 2]`` normalised (x, y) input coordinates,
-      in ``theta``'s dtype.
+      ``[B, *size, ndim]`` normalised (x, y[, z]) input coordinates, in
+      theta's dtype (half types computed in float32).
 
     Example:
-      >>> theta = identity_theta(2)
-      >>> affine_grid(theta, (3, 4)).shape   # [2, 3, 4, 2]
+      >>> affine_grid(identity_theta(2), (3, 4)).shape
+      TensorShape([2, 3, 4, 2])
+      >>> affine_grid(identity_theta(1, ndim=3), (2, 3, 4)).shape
+      TensorShape([1, 2, 3, 4, 3])
     """
     align_corners = check_bool(align_corners, name="align_corners")
-    size = check_size(size, name="size")
+    size = check_size(size, name="size", ndim=(2, 3))
     if size is None:
-        raise ValueError("size must be (height, width); got None")
-    matrix, projective = _theta_matrix(theta)
+        raise ValueError("size must be (height, width) or (depth, height, width); got None")
+    matrix, projective = _theta_matrix(theta, len(size))
     out_dtype = matrix.dtype
     matrix = tf.cast(matrix, _compute_dtype(out_dtype))
     one = tf.ones([], matrix.dtype)
     zero = tf.zeros([], matrix.dtype)
-    x, y = _transform_points(matrix, projective, size, align_corners, (one, one), (zero, zero))
-    return tf.cast(tf.stack([x, y], axis=-1), out_dtype)
+    coords = _transform_points(matrix, projective, size[::-1], align_corners,
+                               [one] * len(size), [zero] * len(size))
+    return tf.cast(tf.stack(coords, axis=-1), out_dtype)
+
+
+def affine_grid_generator(height: SizeLike, width: SizeLike, theta: TensorLike, *,
+                          align_corners: bool = False) -> tf.Tensor:
+    """The seed's grid generator: ``[B, 2, height, width]`` normalised (x, y).
+
+    Kept for snippet compatibility; equals
+    ``tf.transpose(affine_grid(theta, (height, width)), [0, 3, 1, 2])``.
+
+    Example:
+      >>> affine_grid_generator(3, 4, identity_theta(2)).shape
+      TensorShape([2, 2, 3, 4])
+    """
+    grid = affine_grid(theta, (height, width), align_corners=align_corners)
+    return tf.transpose(grid, [0, 3, 1, 2])
+
+
+def _grid_pixels(img, grid, *, align_corners):
+    """Pixel coordinates (x, y[, z]) in ``img`` of a normalised grid ``[B, *out, ndim]``."""
+    grid = tf.cast(grid, _compute_dtype(img.dtype, grid.dtype))
+    return [normalized_to_pixel(grid[..., axis], size, align_corners)
+            for axis, size in enumerate(_sizes_xyz(img))]
+
+
+def _transform_pixels(img, theta, *, out_sizes, projective, align_corners):
+    """Pixel coordinates (x, y[, z]) in ``img`` of theta's output grid (sizes listed x first)."""
+    dtype = _compute_dtype(img.dtype, theta.dtype)
+    sizes = _sizes_xyz(img)
+    in_half = [half_extent(s, align_corners, dtype) for s in sizes]
+    in_centre = [centre(s, dtype) for s in sizes]
+    return _transform_points(tf.cast(theta, dtype), projective, out_sizes or sizes,
+                             align_corners, in_half, in_centre)
+
+
+def _displacement_pixels(img, displacement, *, units, align_corners):
+    """Pixel coordinates in ``img`` of each output pixel moved by its displacement.
+
+    The output grid is the displacement's; the identity part is computed
+    as for the identity transform (exact), then the displacement is added
+    (in input pixels, or normalised units scaled by the input's half
+    extent).
+    """
+    dtype = _compute_dtype(img.dtype, displacement.dtype)
+    displacement = tf.cast(displacement, dtype)
+    sizes, out_sizes = _sizes_xyz(img), _sizes_xyz(displacement)
+    coords = []
+    for axis, (offset, size, out_size) in enumerate(zip(_offsets(out_sizes, dtype), sizes,
+                                                         out_sizes)):
+        in_half = half_extent(size, align_corners, dtype)
+        scale = tf.math.divide_no_nan(in_half, half_extent(out_size, align_corners, dtype))
+        d = displacement[..., axis]
+        if units == "normalized":
+            d = d * in_half
+        coords.append(offset * scale + centre(size, dtype) + d)
+    return coords
 
 
 # --------------------------------------------------------------------------
-# Padding modes (PyTorch's compute_coordinates, gradients included)
+# The sampler: padding modes (PyTorch's compute_coordinates, gradients included)
 # --------------------------------------------------------------------------
 
 def _clip_with_border_grad(coord, size):
@@ -307,201 +406,58 @@ def _apply_padding(coord, size, padding_mode, align_corners):
 
 
 # --------------------------------------------------------------------------
-# The sampler: pixel coordinates -> values
+# The sampler: interpolation as a weighted sum of taps
 # --------------------------------------------------------------------------
 
-def _flat_index(b, y, x, padded_h, padded_w):
-    """Row of pixel (b, y, x) in an image flattened to [B * Hp * Wp, C]."""
-    return (b * padded_h + y) * padded_w + x
-
-
-def _batch_index(x):
-    return tf.reshape(tf.range(tf.shape(x)[0]), [-1, 1, 1])
-
-
-def _clip_int(i, low, high):
-    return tf.minimum(tf.maximum(i, low), high)
-
-
-def _scatter_add_per_image(weights, values, rows, shape):
-    """Scatter-add of ``weights[..., k] * values`` at flat ``rows[..., k]``.
-
-    weights ``[B, ..., K]``, values ``[B, ..., C]``, rows ``[B, ..., K]``
-    indexing ``[B * H * W]``; returns ``shape`` ``[B, H, W, C]``.
-
-    Done as ``_SCATTER_PARTS`` independent scatters over slices of the batch
-    (each image's rows stay inside its own block): XLA runs a scatter as one
-    serial loop on CPU but runs independent ones side by side. Each part
-    forms its own updates, so no slice of a large tensor is copied.
-
-    Rows of 4 k + 3 channels get one zero channel for the scatter: XLA's CPU
-    scatter of 4.2M rows (16x256x256 bilinear) took 15.8 ms with 3 channels
-    and 12.1 ms with 4, 28.0 ms with 7 and 25.2 ms with 8. Padding other
-    counts lost (1 -> 4 took 2.4x as long, 2 -> 4 1.4x, 5 -> 8 1.1x) or
-    gained little for two more channels (6 -> 8 0.94x).
-    """
-    batch = shape[0]
-    per_image = shape[1] * shape[2]
-    c = values.shape[-1]
-    extra = 1 if c is not None and c % 4 == 3 else 0
-    if extra:
-        values = tf.concat([values, tf.zeros_like(values[..., :1])], axis=-1)
-    bounds = [batch * i // _SCATTER_PARTS for i in range(_SCATTER_PARTS + 1)]
-    parts = []
-    for start, stop in zip(bounds[:-1], bounds[1:]):
-        updates = weights[start:stop, ..., None] * values[start:stop, ..., None, :]
-        parts.append(tf.math.unsorted_segment_sum(
-            updates, rows[start:stop] - start * per_image, (stop - start) * per_image))
-    summed = tf.concat(parts, 0)
-    return tf.reshape(summed[:, :c] if extra else summed, shape)
-
-
-def _pixel_rows(img):
-    """``[B, H, W, C]`` -> ``[B * H * W, C]`` (C static when known)."""
-    c = img.shape[-1] if img.shape[-1] is not None else tf.shape(img)[-1]
-    return tf.reshape(img, [-1, c])
-
-
-def _weighted_taps(img, rows, weights):
-    """``sum_k weights[..., k] * img[rows[..., k]]``: the one weighted gather.
-
-    img: ``[B, H, W, C]`` viewed as ``[B * H * W, C]``; rows: ``[B, ..., K]``
-    flat pixel indices (each inside its own image's block); weights:
-    ``[B, ..., K]`` in img's dtype, K static (4 bilinear corners, 1 nearest
-    pixel, 16 bicubic taps). Returns ``[B, ..., C]``.
-
-    The sum is unrolled: XLA compiles it to one loop, where a reduction over
-    the tap axis ran 10-18x slower than PyTorch's forward when no gradient
-    was taken. Its gradient is :func:`_weighted_taps_grad`.
-    """
-    taps = tf.gather(_pixel_rows(img), rows)   # [B, ..., K, C]
-    out = taps[..., 0, :] * weights[..., 0:1]
-    for k in range(1, rows.shape[-1]):
-        out += taps[..., k, :] * weights[..., k:k + 1]
-    return out
-
-
-def _weighted_taps_grad(img, rows, weights, g):
-    """Gradients of :func:`_weighted_taps` to img and weights, upstream g.
-
-    The taps are gathered again rather than kept from the forward pass:
-    nothing of size ``[B, ..., K, C]`` lives between the passes.
-    """
-    d_img = _scatter_add_per_image(weights, g, rows, tf.shape(img))
-    taps = tf.gather(_pixel_rows(img), rows)
-    return d_img, tf.reduce_sum(taps * g[..., None, :], axis=-1)
-
-
-def _interpolate(img, rows, weights):
-    """:func:`_weighted_taps` with its gradient written out (nearest, bicubic)."""
-    @tf.custom_gradient
-    def interpolate(img, weights):
-        def grad(g):
-            return _weighted_taps_grad(img, rows, weights, g)
-
-        return _weighted_taps(img, rows, weights), grad
-
-    return interpolate(img, weights)
-
-
-def _sample_bilinear(img, x, y, dims):
-    """Bilinear interpolation at pixel coordinates; zero outside the image.
-
-    The image is padded with zeros (1 pixel before, 2 after), coordinates are
-    clamped to [-1, n], which keeps every corner inside the padded image and
-    changes no value (outside that band all four corners are padding).
-
-    Every step from ``x``, ``y`` to the corner indices and the weights is
-    exact (clamp, floor, subtraction of the floor), so however a compiler
-    duplicates or fuses them, indices and weights agree.
-
-    The gradient to ``x``, ``y`` is written out too: autodiff of the weights
-    kept 7 more ``[B, Ho, Wo]`` tensors and copies of the weights and the
-    padded image between the passes. Without them a step takes 0.89-0.92x
-    the time at 32x128x128x16 and 16x256x256x3 (0.98x at 64x32x32x64).
-    """
-    _, h, w, _ = dims
-    hf = tf.cast(h, x.dtype)
-    wf = tf.cast(w, x.dtype)
-    # Corners (0,0), (0,1), (1,0), (1,1) along a last axis of 4, built by
-    # broadcasting, not stacking: XLA's CPU concatenation is several times
-    # slower than a broadcast.
-    right = tf.constant([0.0, 1.0, 0.0, 1.0], x.dtype)
-    below = tf.constant([0.0, 0.0, 1.0, 1.0], x.dtype)
-
-    @tf.custom_gradient
-    def sample(img, x, y):
-        xc = tf.clip_by_value(x, -1.0, wf)
-        yc = tf.clip_by_value(y, -1.0, hf)
-        x0f = tf.floor(xc)
-        y0f = tf.floor(yc)
-        wx = xc - x0f
-        wy = yc - y0f
-        # (1 - wx or wx) * (1 - wy or wy) per corner
-        weights = tf.cast(((1.0 - right) + (2.0 * right - 1.0) * wx[..., None])
-                          * ((1.0 - below) + (2.0 * below - 1.0) * wy[..., None]), img.dtype)
-        # +1: position in the padded image. The integer clip only matters for
-        # NaN coordinates, whose integer cast is undefined: never read outside.
-        x0 = _clip_int(tf.cast(x0f, tf.int32) + 1, 0, w + 1)
-        y0 = _clip_int(tf.cast(y0f, tf.int32) + 1, 0, h + 1)
-        i00 = _flat_index(_batch_index(x), y0, x0, h + 3, w + 3)
-        rows = i00[..., None] + tf.stack([0, 1, w + 3, w + 4])
-        padded = tf.pad(img, [[0, 0], [1, 2], [1, 2], [0, 0]])
-
-        def grad(g):
-            d_padded, d_weights = _weighted_taps_grad(padded, rows, weights, g)
-            d = tf.unstack(tf.cast(d_weights, x.dtype), axis=-1)
-            d_x = (1.0 - wy) * (d[1] - d[0]) + wy * (d[3] - d[2])
-            d_y = (1.0 - wx) * (d[2] - d[0]) + wx * (d[3] - d[1])
-            # clip_by_value's gradient: none strictly outside [-1, n].
-            d_x = tf.where((x < -1.0) | (x > wf), tf.zeros_like(d_x), d_x)
-            d_y = tf.where((y < -1.0) | (y > hf), tf.zeros_like(d_y), d_y)
-            return d_padded[:, 1:h + 1, 1:w + 1, :], d_x, d_y
-
-        return _weighted_taps(padded, rows, weights), grad
-
-    return sample(img, x, y)
-
-
-def _gather_taps(img, xs, ys, dims, weights):
-    """Sums weights[k] * img[ys[k], xs[k]] over taps k; taps outside read 0.
-
-    xs, ys: integer tap positions [B, Ho, Wo, K]; weights: [B, Ho, Wo, K].
-    """
-    _, h, w, _ = dims
-    valid = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
-    rows = _flat_index(_batch_index(xs)[..., None],
-                       _clip_int(ys, 0, h - 1), _clip_int(xs, 0, w - 1), h, w)
-    weights = tf.cast(weights, img.dtype)
-    # 0 * w rather than 0: a NaN weight (NaN coordinate) stays NaN.
-    weights = tf.where(valid, weights, 0.0 * weights)
-    return _interpolate(img, rows, weights)
-
-
-def _int_coord(coord):
-    """Float pixel coordinate (integer-valued) -> int32, safe for NaN / huge values."""
+def _int_position(coord):
+    """Integer-valued float pixel coordinate -> int32, safe for NaN and huge values."""
     big = 2.0 ** 30
     coord = tf.where(tf.math.is_nan(coord), -big * tf.ones_like(coord), coord)
     return tf.cast(tf.clip_by_value(coord, -big, big), tf.int32)
 
 
-def _sample_nearest(img, x, y, dims):
-    """Nearest pixel (round half to even, as PyTorch); zero outside."""
-    xi = _int_coord(tf.stop_gradient(tf.round(x)))[..., None]
-    yi = _int_coord(tf.stop_gradient(tf.round(y)))[..., None]
-    # Weight 1 with a zero (not missing) gradient to the coordinates, as
-    # PyTorch: optimisers then see zeros rather than None.
-    never = tf.zeros_like(x, dtype=tf.bool)
-    ones = 1.0 + tf.where(never, x + y, tf.zeros_like(x))
-    # A NaN coordinate gives NaN, as with the other interpolations (rounding
-    # alone would silently read the padding).
-    nan = tf.math.is_nan(x) | tf.math.is_nan(y)
-    ones = tf.where(nan, tf.fill(tf.shape(ones), tf.constant(np.nan, ones.dtype)), ones)
-    return _gather_taps(img, xi, yi, dims, ones[..., None])
+def _corners(ndim):
+    """The 2^n corners of a pixel cell as 0/1 offsets (x, y[, z]), x fastest."""
+    return [c[::-1] for c in itertools.product((0, 1), repeat=ndim)]
+
+
+def _linear_taps(coords, sizes):
+    """N-linear interpolation (bilinear, trilinear) as taps: the cell's corners and weights.
+
+    Coordinates are clamped to [-1, n] first: beyond that band every corner
+    is outside the image, so no value changes, and +-inf becomes finite.
+    Returns positions (per axis, int32 ``[B, ..., 2^n]``) and weights.
+    """
+    coords = [tf.clip_by_value(c, -1.0, tf.cast(n, c.dtype)) for c, n in zip(coords, sizes)]
+    lower = [tf.floor(c) for c in coords]
+    fractions = [c - f for c, f in zip(coords, lower)]
+    positions, weights = [[] for _ in coords], []
+    for corner in _corners(len(coords)):
+        weight = 1.0
+        for axis, upper in enumerate(corner):
+            weight *= fractions[axis] if upper else 1.0 - fractions[axis]
+            positions[axis].append(_int_position(lower[axis]) + upper)
+        weights.append(weight)
+    return [tf.stack(p, axis=-1) for p in positions], tf.stack(weights, axis=-1)
+
+
+def _nearest_taps(coords):
+    """The nearest pixel (round half to even, as PyTorch), weight 1.
+
+    The weight has a zero (not missing) gradient to the coordinates, as in
+    PyTorch, and is NaN for a NaN coordinate (rounding alone would silently
+    read the padding).
+    """
+    positions = [_int_position(tf.round(tf.stop_gradient(c)))[..., None] for c in coords]
+    total = tf.add_n(coords)
+    never = tf.zeros_like(total, dtype=tf.bool)
+    one = 1.0 + tf.where(never, total, tf.zeros_like(total))
+    nan = tf.fill(tf.shape(total), tf.constant(np.nan, total.dtype))
+    return positions, tf.where(tf.math.is_nan(total), nan, one)[..., None]
 
 
 def _cubic_weights(t):
-    """Cubic convolution weights (A = -0.75) of the taps at -1, 0, 1, 2 from floor."""
+    """Cubic convolution weights (A = -0.75) of the taps at -1, 0, 1, 2 from the floor."""
     a = _CUBIC_A
 
     def near(s):   # |s| <= 1
@@ -513,11 +469,9 @@ def _cubic_weights(t):
     return tf.stack([far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)], axis=-1)
 
 
-def _sample_bicubic(img, x, y, dims, padding_mode, align_corners):
-    """Bicubic interpolation; each of the 4x4 taps is mapped by padding_mode."""
-    _, h, w, _ = dims
-
-    def taps(coord, size):
+def _bicubic_taps(coords, sizes, padding_mode, align_corners):
+    """The 4 x 4 taps of bicubic interpolation (2-D); each tap is mapped by padding_mode."""
+    def axis_taps(coord, size):
         n = tf.cast(size, coord.dtype)
         if padding_mode == "reflection":
             # Reflection is periodic; fold far coordinates into one period
@@ -530,205 +484,186 @@ def _sample_bicubic(img, x, y, dims, padding_mode, align_corners):
             # border pixel with weights summing to 1 (border): clamping
             # changes no value.
             coord = tf.clip_by_value(coord, -3.0, n + 2.0)
-        c0 = tf.floor(coord)
-        t = coord - c0
-        positions = c0[..., None] + tf.constant([-1.0, 0.0, 1.0, 2.0], coord.dtype)
-        positions = tf.stop_gradient(_apply_padding(positions, size, padding_mode, align_corners))
-        return _int_coord(positions), _cubic_weights(t)
+        floor = tf.floor(coord)
+        t = coord - floor
+        positions = floor[..., None] + tf.constant([-1.0, 0.0, 1.0, 2.0], coord.dtype)
+        positions = _apply_padding(positions, size, padding_mode, align_corners)
+        return _int_position(tf.stop_gradient(positions)), _cubic_weights(t)
 
-    xs, wx = taps(x, w)
-    ys, wy = taps(y, h)
-    k = tf.shape(xs)[:-1]
-    # 16 taps: row-major over (y tap, x tap).
-    xs16 = tf.reshape(tf.tile(xs[..., None, :], [1, 1, 1, 4, 1]), tf.concat([k, [16]], 0))
-    ys16 = tf.reshape(tf.tile(ys[..., :, None], [1, 1, 1, 1, 4]), tf.concat([k, [16]], 0))
-    w16 = tf.reshape(wy[..., :, None] * wx[..., None, :], tf.concat([k, [16]], 0))
-    return _gather_taps(img, xs16, ys16, dims, w16)
+    (xs, wx), (ys, wy) = axis_taps(coords[0], sizes[0]), axis_taps(coords[1], sizes[1])
+    # 16 taps, row-major over (y tap, x tap).
+    weights = wy[..., :, None] * wx[..., None, :]                 # [B, Ho, Wo, 4, 4]
+    taps16 = tf.concat([tf.shape(xs)[:-1], [16]], 0)
+    flat = lambda t: tf.reshape(tf.broadcast_to(t, tf.shape(weights)), taps16)
+    return [flat(xs[..., None, :]), flat(ys[..., :, None])], flat(weights)
 
 
-def _sample_pixels(img, x, y, padding_mode, interpolation, align_corners):
-    """The one sampler: img [B, H, W, C] at pixel coordinates x, y [B, Ho, Wo].
+def _taps(img, positions, weights):
+    """``sum_k weights[..., k] * img[b, positions[..., k]]``: the one weighted gather.
 
-    Returns [B, Ho, Wo, C] in img's dtype. ``x``/``y`` follow the pixel
-    convention (pixel i centred at i); align_corners only selects the
-    reflection lines.
+    positions: per axis (x, y[, z]), int32 ``[B, ..., K]``; weights
+    ``[B, ..., K]``. Taps outside the image read 0. Returns ``[B, ..., C]``
+    in img's dtype. The direct version: ``_stn_kernels.taps`` is the fast one.
     """
-    dims = _static_or_dynamic_shape(img)
-    _, h, w, _ = dims
+    sizes = _sizes_xyz(img)
+    inside = tf.reduce_all(tf.stack([(p >= 0) & (p < n) for p, n in zip(positions, sizes)]), 0)
+    batch = tf.reshape(tf.range(tf.shape(positions[0])[0]), [-1] + [1] * (positions[0].shape.rank - 1))
+    index = [tf.broadcast_to(batch, tf.shape(positions[0]))]
+    index += [tf.clip_by_value(p, 0, n - 1) for p, n in zip(reversed(positions), reversed(sizes))]
+    values = tf.gather_nd(img, tf.stack(index, axis=-1))          # [B, ..., K, C]
+    weights = tf.cast(weights, img.dtype)
+    weights = tf.where(inside, weights, 0.0 * weights)             # 0 * NaN stays NaN
+    return tf.reduce_sum(values * weights[..., None], axis=-2)
+
+
+def _sample(img, coords, *, padding_mode, interpolation, align_corners, fast=False):
+    """The one sampler: ``img`` ``[B, *spatial, C]`` at pixel coordinates (x, y[, z]).
+
+    Returns ``[B, *out, C]`` in img's dtype. ``align_corners`` only selects
+    the reflection lines here (the coordinates are already pixels). With
+    ``fast`` the gathers run as ``_stn_kernels``' hand-tuned versions.
+    """
+    sizes = _sizes_xyz(img)
     if interpolation == "bicubic":
-        return _sample_bicubic(img, x, y, dims, padding_mode, align_corners)
-    x = _apply_padding(x, w, padding_mode, align_corners)
-    y = _apply_padding(y, h, padding_mode, align_corners)
-    if interpolation == "nearest":
-        return _sample_nearest(img, x, y, dims)
-    return _sample_bilinear(img, x, y, dims)
+        positions, weights = _bicubic_taps(coords, sizes, padding_mode, align_corners)
+    else:
+        coords = [_apply_padding(c, n, padding_mode, align_corners) for c, n in zip(coords, sizes)]
+        if interpolation == "bilinear" and fast:
+            return _stn_kernels.linear(img, coords)
+        if interpolation == "bilinear":
+            positions, weights = _linear_taps(coords, sizes)
+        else:
+            positions, weights = _nearest_taps(coords)
+    return (_stn_kernels.taps if fast else _taps)(img, positions, weights)
 
 
-def _grid_pixels(img, grid, align_corners):
-    """Pixel coordinates (x, y) ``[B, Ho, Wo]`` of a normalised sampling grid."""
-    cdtype = _compute_dtype(img.dtype, grid.dtype)
-    grid = tf.cast(grid, cdtype)
-    x = normalized_to_pixel(grid[..., 0], tf.shape(img)[2], align_corners)
-    y = normalized_to_pixel(grid[..., 1], tf.shape(img)[1], align_corners)
-    return x, y
+def _warp(img, pixels, arg, *, pixel_options, sampling):
+    """``pixels(img, arg)`` gives the pixel coordinates to sample; then the sampler.
 
-
-def _transform_pixels(img, theta, out_size, projective, align_corners):
-    """Pixel coordinates (x, y) ``[B, Ho, Wo]`` in ``img`` of theta's output grid."""
-    cdtype = _compute_dtype(img.dtype, theta.dtype)
-    theta = tf.cast(theta, cdtype)
-    h = tf.shape(img)[1]
-    w = tf.shape(img)[2]
-    if out_size is None:
-        out_size = (h, w)
-    in_half = (_half_extent(w, align_corners, cdtype), _half_extent(h, align_corners, cdtype))
-    in_centre = (_centre(w, cdtype), _centre(h, cdtype))
-    return _transform_points(theta, projective, out_size, align_corners, in_half, in_centre)
-
-
-def _warp(img, pixels_fn, coords_arg, coords_options, padding_mode, interpolation,
-          align_corners):
-    """Coordinates, then the sampler: two compiled functions, on purpose.
-
-    The sampler gets the coordinates as computed values. Inside one XLA
-    computation the coordinate arithmetic would be recomputed in every
-    fusion that uses it, and a multiply-add contracted to an FMA in one
-    fusion but not in another can put the same coordinate on either side of
-    an integer for the corner index and for its weight: a whole pixel wrong
-    (seen once in ~500k output pixels at 32x128x128x16 before this split).
-    From its inputs on, the sampler only rounds exactly (clamp, floor,
-    subtracting the floor), so its indices and weights always agree. (Inside
-    a caller's own XLA function both are inlined into one computation
-    again; tests/test_stn.py checks that case too.)
+    With the kernels on (default), the two run as two compiled functions
+    (``_stn_kernels.staged`` says why); off, as plain ops with autodiff.
     """
-    x, y = spatial_convention.compiled(pixels_fn, img, coords_arg, **coords_options)
-    return spatial_convention.compiled(_sample_pixels, img, x, y, padding_mode=padding_mode,
-                                       interpolation=interpolation, align_corners=align_corners)
+    if spatial_convention.kernels_enabled():
+        return _stn_kernels.staged(pixels, _sample, img, arg, pixel_options, sampling)
+    return _sample(img, pixels(img, arg, **pixel_options), **sampling)
 
 
 # --------------------------------------------------------------------------
-# Public API: sampling
+# Sampling: the public functions
 # --------------------------------------------------------------------------
 
-def grid_sample(img, grid, *, align_corners=False, padding_mode="zeros",
-                interpolation="bilinear"):
-    """Samples ``img`` at normalised (x, y) locations (PyTorch's ``grid_sample``).
+def grid_sample(img: TensorLike, grid: TensorLike, *, align_corners: bool = False,
+                padding_mode: PaddingMode = "zeros",
+                interpolation: Interpolation = "bilinear") -> tf.Tensor:
+    """Samples ``img`` at normalised locations (PyTorch's ``grid_sample``, NHWC / NDHWC).
 
     Args:
-      img: ``[B, H, W, C]`` image or feature map (NHWC). Float dtypes are kept;
-        integer images are cast to float32.
-      grid: ``[B, Ho, Wo, 2]`` normalised (x, y) coordinates in the input,
-        x along the width, y along the height (module docstring).
-      align_corners: False: -1/1 are the image edges; True: the corner pixel
-        centres.
+      img: ``[B, H, W, C]`` image or ``[B, D, H, W, C]`` volume. Float
+        dtypes are kept; integer images are cast to float32.
+      grid: ``[B, Ho, Wo, 2]`` normalised (x, y), or ``[B, Do, Ho, Wo, 3]``
+        normalised (x, y, z) for a volume; x along the width, y along the
+        height, z along the depth.
+      align_corners: False: -1 and 1 are the image's outer edges; True: the
+        corner pixels' centres.
       padding_mode: value outside the image: "zeros", "border" (nearest edge
         pixel) or "reflection" (mirror about the border).
-      interpolation: "bilinear", "nearest" (round half to even) or "bicubic"
-        (cubic convolution, A = -0.75).
+      interpolation: "bilinear" (trilinear for volumes), "nearest" (round
+        half to even) or "bicubic" (cubic convolution, A = -0.75; 2-D only).
 
     Returns:
-      ``[B, Ho, Wo, C]`` in ``img``'s (float) dtype. Differentiable with
-      respect to ``img`` and ``grid`` (the grid gradient is 0 for "nearest").
-      Non-finite coordinates never read outside the image: a NaN coordinate
-      gives NaN in that output pixel (every mode, so a diverging
-      localisation network shows in the loss); +-inf is far outside (0 with
-      "zeros", the edge pixel with "border", NaN with "reflection", which
-      has no reflection of infinity). Other batch elements are unaffected.
+      ``[B, Ho, Wo, C]`` (or ``[B, Do, Ho, Wo, C]``) in img's float dtype.
+      Differentiable with respect to ``img`` and ``grid`` (the grid gradient
+      is 0 for "nearest"; coordinates exactly on the border get no gradient
+      with "border" and "reflection", as in PyTorch). A NaN coordinate gives
+      NaN in that output pixel; +-inf is far outside (0 with "zeros", the
+      edge pixel with "border", NaN with "reflection"); nothing is read
+      outside the image.
 
     Example:
-      >>> img = tf.random.normal([1, 8, 8, 3])
-      >>> grid = affine_grid(identity_theta(1), (8, 8))
-      >>> out = grid_sample(img, grid)          # == img
+      >>> img = tf.reshape(tf.range(4.0), [1, 2, 2, 1])
+      >>> grid = tf.constant([[[[0.0, 0.0]]]])        # the centre of the image
+      >>> grid_sample(img, grid)[0, 0, 0, 0].numpy()  # the mean of the 4 pixels
+      1.5
     """
-    align_corners = check_bool(align_corners, name="align_corners")
-    check_option(padding_mode, name="padding_mode", allowed=PADDING_MODES)
-    check_option(interpolation, name="interpolation", allowed=INTERPOLATIONS)
-    img = as_float_tensor(img, name="img")
+    sampling = _check_sampling(align_corners, padding_mode, interpolation)
+    img, ndim = _check_image(img, "img", interpolation)
     grid = as_float_tensor(grid, name="grid", allow_bool=False)
-    check_rank(img, name="img", ranks=(4,), layout="[B, H, W, C]")
-    check_rank(grid, name="grid", ranks=(4,), layout="[B, Ho, Wo, 2]")
-    if grid.shape[-1] is not None and grid.shape[-1] != 2:
-        raise ValueError(f"grid must have shape [B, Ho, Wo, 2] (x, y); got {grid.shape}")
-    deps = spatial_convention.check_same_batch(img, grid, name="grid")
-    return spatial_convention.with_assertions(deps, lambda: _warp(
-        img, _grid_pixels, grid, dict(align_corners=align_corners), padding_mode, interpolation, align_corners))
+    layout = f"[B, {', '.join(['Do', 'Ho', 'Wo'][-ndim:])}, {ndim}]"
+    check_rank(grid, name="grid", ranks=(ndim + 2,), layout=layout)
+    if grid.shape[-1] is not None and grid.shape[-1] != ndim:
+        raise ValueError(f"grid must have shape {layout} ({', '.join('xyz'[:ndim])}) for "
+                         f"{ndim}-D inputs; got {grid.shape}")
+    checks = spatial_convention.check_same_batch(img, grid, name="grid")
+    return spatial_convention.with_assertions(checks, lambda: _warp(
+        img, _grid_pixels, grid, pixel_options=dict(align_corners=sampling["align_corners"]),
+        sampling=sampling))
 
 
-def spatial_transformer_network(input_fmap, theta, out_dims=None, *, align_corners=False,
-                                padding_mode="zeros", interpolation="bilinear"):
+def spatial_transformer_network(input_fmap: TensorLike, theta: TensorLike,
+                                out_dims: Optional[Size] = None, *, align_corners: bool = False,
+                                padding_mode: PaddingMode = "zeros",
+                                interpolation: Interpolation = "bilinear") -> tf.Tensor:
     """Warps ``input_fmap`` by ``theta``: the spatial transformer layer.
 
-    ``out[b, i, j] = input_fmap[b, T_b(p_ij)]`` where ``p_ij`` is output pixel
-    (i, j)'s centre in normalised coordinates and ``T_b`` is ``theta[b]``.
-    Same numbers as ``grid_sample(input_fmap, affine_grid(theta, out_dims))``
-    and as PyTorch's ``grid_sample(affine_grid(...))``, to float32 round-off;
+    ``out[b, p] = input_fmap[b, T_b(p)]`` where ``p`` is an output pixel's
+    centre in normalised coordinates and ``T_b`` is ``theta[b]``. Same
+    numbers as ``grid_sample(input_fmap, affine_grid(theta, out_dims))`` and
+    as PyTorch's ``grid_sample(affine_grid(...))``, to float32 round-off;
     the identity transform returns the input exactly (any size, both
     conventions).
 
     Args:
-      input_fmap: ``[B, H, W, C]`` image or feature map. Float dtypes are
-        kept; integer images are cast to float32.
-      theta: ``[B, 6]`` / ``[B, 2, 3]`` affine, or ``[B, 8]`` / ``[B, 3, 3]``
-        projective, mapping output (x, y) to input (x, y), normalised.
-        See ``identity_theta``, ``attention_theta``, ``rotation_theta``,
-        ``affine_diffeomorphic_theta``, ``projective_theta``.
-      out_dims: ``(out_height, out_width)``; default the input's (H, W).
-        Up- or down-samples.
-      align_corners, padding_mode, interpolation: as in ``grid_sample``.
+      input_fmap: ``[B, H, W, C]`` image or ``[B, D, H, W, C]`` volume. Float
+        dtypes are kept; integer images are cast to float32.
+      theta: maps output (x, y[, z]) to input (x, y[, z]), normalised. 2-D:
+        ``[B, 6]`` / ``[B, 2, 3]`` affine, ``[B, 8]`` / ``[B, 3, 3]``
+        projective; 3-D: ``[B, 12]`` / ``[B, 3, 4]`` affine, ``[B, 15]`` /
+        ``[B, 4, 4]`` projective. See :func:`identity_theta`,
+        :func:`attention_theta`, :func:`rotation_theta`, the other
+        ``*_theta`` functions and :func:`transform_family`.
+      out_dims: ``(out_height, out_width)`` or ``(out_depth, out_height,
+        out_width)``; default the input's. Up- or down-samples.
+      align_corners, padding_mode, interpolation: as in :func:`grid_sample`.
 
     Returns:
-      ``[B, out_height, out_width, C]``, in the input's (float) dtype.
+      ``[B, *out_dims, C]``, in the input's float dtype.
 
     Example:
-      >>> x = tf.random.normal([2, 200, 200, 3])
-      >>> theta = tf.constant([[1., 0, 0, 0, 1., 0]] * 2)
-      >>> y = spatial_transformer_network(x, theta)   # == x, exactly
-      >>> crop = spatial_transformer_network(x, attention_theta([[0.5, 0., 0.]] * 2), (50, 50))
+      >>> x = tf.random.normal([2, 20, 20, 3])
+      >>> bool(tf.reduce_all(spatial_transformer_network(x, identity_theta(2)) == x))
+      True
+      >>> spatial_transformer_network(x, attention_theta([[0.5, 0.0, 0.0]] * 2), (5, 5)).shape
+      TensorShape([2, 5, 5, 3])
     """
-    align_corners = check_bool(align_corners, name="align_corners")
-    check_option(padding_mode, name="padding_mode", allowed=PADDING_MODES)
-    check_option(interpolation, name="interpolation", allowed=INTERPOLATIONS)
-    img = as_float_tensor(input_fmap, name="input_fmap")
-    check_rank(img, name="input_fmap", ranks=(4,), layout="[B, H, W, C]")
-    matrix, projective = _theta_matrix(theta)
-    out_size = check_size(out_dims, name="out_dims")
-    deps = spatial_convention.check_same_batch(img, matrix, name="theta")
+    sampling = _check_sampling(align_corners, padding_mode, interpolation)
+    img, ndim = _check_image(input_fmap, "input_fmap", interpolation)
+    matrix, projective = _theta_matrix(theta, ndim)
+    out_size = check_size(out_dims, name="out_dims", ndim=(ndim,))
+    checks = spatial_convention.check_same_batch(img, matrix, name="theta")
     if out_size is None or all(isinstance(s, int) for s in out_size):
-        # Static output size: the grid is generated inside XLA.
-        fn = lambda: _warp(img, _transform_pixels, matrix,
-                           dict(out_size=out_size, projective=projective,
-                                align_corners=align_corners),
-                           padding_mode, interpolation, align_corners)
+        # Static output size: the grid is generated inside the compiled function.
+        fn = lambda: _warp(img, _transform_pixels, matrix, sampling=sampling, pixel_options=dict(
+            out_sizes=out_size[::-1] if out_size else None, projective=projective,
+            align_corners=sampling["align_corners"]))
     else:
-        # Output size known only at run time (a tensor): grid generation
-        # stays outside XLA, the sampling grid goes in.
-        fn = lambda: grid_sample(
-            img, affine_grid(matrix, out_size, align_corners=align_corners),
-            align_corners=align_corners, padding_mode=padding_mode,
-            interpolation=interpolation)
-    return spatial_convention.with_assertions(deps, fn)
+        # Output size known only at run time: the sampling grid goes in.
+        fn = lambda: grid_sample(img, affine_grid(matrix, out_size,
+                                                  align_corners=sampling["align_corners"]),
+                                 **sampling)
+    return spatial_convention.with_assertions(checks, fn)
 
 
-def affine_grid_generator(height, width, theta, *, align_corners=False):
-    """The seed's grid generator: ``[B, 2, height, width]`` normalised (x, y).
+def bilinear_sampler(img: TensorLike, x: TensorLike, y: TensorLike, *, align_corners: bool = False,
+                     padding_mode: PaddingMode = "zeros") -> tf.Tensor:
+    """The seed's sampler: ``img`` ``[B, H, W, C]`` at normalised ``x``, ``y`` ``[B, Ho, Wo]``.
 
-    Kept for snippet compatibility with ``kevinzakka/spatial-transformer-network``;
-    equals ``tf.transpose(affine_grid(theta, (height, width)), [0, 3, 1, 2])``.
-    ``theta`` is ``[B, 2, 3]`` (or any form ``affine_grid`` accepts).
+    Kept for snippet compatibility: it is :func:`grid_sample` with bilinear
+    interpolation. Returns ``[B, Ho, Wo, C]``.
 
     Example:
-      >>> grids = affine_grid_generator(32, 32, identity_theta(4))
-      >>> out = bilinear_sampler(img, grids[:, 0], grids[:, 1])
-    """
-    grid = affine_grid(theta, (height, width), align_corners=align_corners)
-    return tf.transpose(grid, [0, 3, 1, 2])
-
-
-def bilinear_sampler(img, x, y, *, align_corners=False, padding_mode="zeros"):
-    """The seed's sampler: ``img`` [B, H, W, C] at normalised ``x``, ``y`` [B, Ho, Wo].
-
-    Kept for snippet compatibility; now exact (it is ``grid_sample`` with
-    bilinear interpolation). Returns ``[B, Ho, Wo, C]``.
+      >>> img = tf.reshape(tf.range(4.0), [1, 2, 2, 1])
+      >>> bilinear_sampler(img, tf.zeros([1, 1, 1]), tf.zeros([1, 1, 1]))[0, 0, 0, 0].numpy()
+      1.5
     """
     x = as_float_tensor(x, name="x", allow_bool=False)
     y = as_float_tensor(y, name="y", allow_bool=False)
@@ -736,105 +671,445 @@ def bilinear_sampler(img, x, y, *, align_corners=False, padding_mode="zeros"):
     check_rank(y, name="y", ranks=(3,), layout="[B, Ho, Wo]")
     dtype = _compute_dtype(x.dtype, y.dtype)
     grid = tf.stack([tf.cast(x, dtype), tf.cast(y, dtype)], axis=-1)
-    return grid_sample(img, grid, align_corners=align_corners, padding_mode=padding_mode,
-                       interpolation="bilinear")
+    return grid_sample(img, grid, align_corners=align_corners, padding_mode=padding_mode)
 
 
 # --------------------------------------------------------------------------
-# Transform parameterisations: params -> theta
+# Dense displacement fields (image registration)
 # --------------------------------------------------------------------------
 
-def _params(params, name, count):
-    params = as_float_tensor(params, name=name, allow_bool=False)
-    if params.shape.rank is not None and (params.shape.rank != 2 or params.shape[-1] not in (None, count)):
-        raise ValueError(f"{name} must have shape [B, {count}]; got {params.shape}")
-    if params.shape.rank is None or params.shape[-1] is None:
-        check = tf.debugging.assert_equal(
-            tf.shape(params)[-1], count, message=f"{name} must have shape [B, {count}]")
-        with tf.control_dependencies([check]):
-            params = tf.reshape(params, [-1, count])
-    return params
+def _check_field(field, name, ndim=None):
+    """A displacement or velocity field ``[B, H, W, 2]`` / ``[B, D, H, W, 3]``; returns (field, ndim)."""
+    field = as_float_tensor(field, name=name, allow_bool=False)
+    ranks = (4, 5) if ndim is None else (ndim + 2,)
+    layouts = {4: "[B, H, W, 2] (x, y)", 5: "[B, D, H, W, 3] (x, y, z)"}
+    rank = check_rank(field, name=name, ranks=ranks, layout=" or ".join(layouts[r] for r in ranks))
+    n = rank - 2
+    if field.shape[-1] is not None and field.shape[-1] != n:
+        raise ValueError(f"{name} must have shape {layouts[rank]}: one component per spatial "
+                         f"axis; got {field.shape}")
+    return field, n
 
 
-def identity_theta(batch_size, dtype=tf.float32):
-    """``[batch_size, 2, 3]`` identity transforms: ``[[1, 0, 0], [0, 1, 0]]``.
+def warp(image: TensorLike, displacement: TensorLike, *, units: Units = "pixels",
+         align_corners: bool = False, padding_mode: PaddingMode = "border",
+         interpolation: Interpolation = "bilinear") -> tf.Tensor:
+    """Warps ``image`` by a dense displacement field (VoxelMorph's spatial transformer).
+
+    Each output pixel ``p`` samples the image at its own position plus its
+    displacement: ``out[b, p] = image[b, p + displacement[b, p]]``. The
+    output grid is the displacement's (its size may differ from the image's:
+    ``p`` is then the same normalised position in both). A zero
+    displacement returns the image exactly.
+
+    Args:
+      image: ``[B, H, W, C]`` or ``[B, D, H, W, C]``; float dtypes kept.
+      displacement: ``[B, Ho, Wo, 2]`` (x, y) or ``[B, Do, Ho, Wo, 3]``
+        (x, y, z).
+      units: "pixels" (pixels of ``image``) or "normalized" (the
+        normalised units of the convention; 2 spans the image).
+      align_corners: the convention (module docstring).
+      padding_mode, interpolation: as in :func:`grid_sample` (default
+        "border": registration fields look just past the edge).
+
+    Returns:
+      ``[B, Ho, Wo, C]`` (or ``[B, Do, Ho, Wo, C]``) in the image's dtype,
+      differentiable with respect to the image and the displacement.
 
     Example:
-      >>> spatial_transformer_network(x, identity_theta(tf.shape(x)[0]))   # == x
+      >>> image = tf.reshape(tf.range(6.0), [1, 2, 3, 1])
+      >>> shift = tf.concat([tf.ones([1, 2, 3, 1]), tf.zeros([1, 2, 3, 1])], -1)  # x + 1
+      >>> warp(image, shift)[0, :, :, 0].numpy()
+      array([[1., 2., 2.],
+             [4., 5., 5.]], dtype=float32)
     """
-    eye = tf.eye(2, 3, dtype=dtype)
+    sampling = _check_sampling(align_corners, padding_mode, interpolation)
+    check_option(units, name="units", allowed=UNITS)
+    img, ndim = _check_image(image, "image", interpolation)
+    displacement, _ = _check_field(displacement, "displacement", ndim)
+    checks = spatial_convention.check_same_batch(img, displacement, name="displacement")
+    options = dict(units=units, align_corners=sampling["align_corners"])
+    return spatial_convention.with_assertions(checks, lambda: _warp(
+        img, _displacement_pixels, displacement, pixel_options=options, sampling=sampling))
+
+
+def integrate_velocity(velocity: TensorLike, steps: int = 7, *, units: Units = "pixels",
+                       align_corners: bool = False) -> tf.Tensor:
+    """Diffeomorphic displacement from a stationary velocity field, by scaling and squaring.
+
+    The flow of ``velocity`` for unit time, ``exp(v)``: the field is scaled
+    by ``2^-steps`` (a small, invertible step) and composed with itself
+    ``steps`` times, ``d <- d + warp(d, d)`` (Arsigny et al. 2006; the
+    field-wide form of ``affine_diffeomorphic_theta``). Integrating ``-v``
+    gives the inverse map.
+
+    Args:
+      velocity: ``[B, H, W, 2]`` or ``[B, D, H, W, 3]``, in ``units``.
+      steps: number of squarings (7: 128 small steps).
+      units, align_corners: as in :func:`warp`; the field samples itself.
+
+    Returns:
+      The displacement, shape and dtype of ``velocity``.
+
+    Example:
+      >>> v = tf.fill([1, 4, 4, 2], 0.5)             # a constant flow
+      >>> float(integrate_velocity(v)[0, 2, 2, 0])   # is a translation
+      0.5
+    """
+    velocity, _ = _check_field(velocity, "velocity")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise ValueError(f"steps must be a non-negative integer; got {steps!r}")
+    check_option(units, name="units", allowed=UNITS)
+    check_bool(align_corners, name="align_corners")
+    field = velocity / (2.0 ** steps)
+    for _ in range(steps):
+        field = field + warp(field, field, units=units, align_corners=align_corners)
+    return field
+
+
+def compose_displacements(first: TensorLike, second: TensorLike, *, units: Units = "pixels",
+                          align_corners: bool = False) -> tf.Tensor:
+    """One displacement equal to warping by ``first`` and then by ``second``.
+
+    ``warp(warp(x, first), second) = warp(x, compose_displacements(first,
+    second))`` up to resampling: the result is ``second + warp(first,
+    second)``, on ``second``'s grid (as :func:`compose_affine` for
+    matrices).
+
+    Example:
+      >>> a = tf.fill([1, 4, 4, 2], 1.0)
+      >>> float(compose_displacements(a, a)[0, 1, 1, 0])   # two shifts by 1
+      2.0
+    """
+    first, ndim = _check_field(first, "first")
+    second, _ = _check_field(second, "second", ndim)
+    return second + warp(first, second, units=units, align_corners=align_corners)
+
+
+def _gradient(f, axis):
+    """``numpy.gradient`` along ``axis`` (unit spacing): central differences
+    inside, one-sided at the two ends; 0 along an axis of one pixel."""
+    n = tf.shape(f)[axis]
+    i = tf.range(n)
+    after, before = tf.minimum(i + 1, n - 1), tf.maximum(i - 1, 0)
+    shape = [1] * f.shape.rank
+    shape[axis] = -1
+    spacing = tf.reshape(tf.cast(after - before, f.dtype), shape)   # 2 inside, 1 at the ends
+    return tf.math.divide_no_nan(tf.gather(f, after, axis=axis) - tf.gather(f, before, axis=axis),
+                                 spacing)
+
+
+def jacobian_determinant(displacement: TensorLike, *, units: Units = "pixels",
+                         align_corners: bool = False) -> tf.Tensor:
+    """Determinant of the Jacobian of ``p -> p + displacement(p)`` at every pixel.
+
+    Positive where the map preserves orientation; zero or negative values
+    mark folding. Derivatives are taken on the field's own grid, in its
+    pixels, as ``numpy.gradient`` does (central differences inside,
+    one-sided at the borders).
+
+    Args:
+      displacement: ``[B, H, W, 2]`` or ``[B, D, H, W, 3]``; "pixels" are the
+        field's own, "normalized" values are converted with its sizes.
+      units, align_corners: as in :func:`warp`.
+
+    Returns:
+      ``[B, H, W]`` or ``[B, D, H, W]`` in the field's dtype.
+
+    Example:
+      >>> x = tf.range(4.0)[None, None, :, None] * tf.ones([1, 4, 1, 1])
+      >>> stretch = tf.concat([0.5 * x, tf.zeros_like(x)], -1)   # x -> 1.5 x
+      >>> jacobian_determinant(stretch)[0].numpy().min()
+      1.5
+    """
+    field, n = _check_field(displacement, "displacement")
+    check_option(units, name="units", allowed=UNITS)
+    align_corners = check_bool(align_corners, name="align_corners")
+    dtype = _compute_dtype(field.dtype)
+    d = tf.cast(field, dtype)
+    sizes = _sizes_xyz(d)
+    components = [d[..., a] * (half_extent(sizes[a], align_corners, dtype)
+                               if units == "normalized" else 1.0) for a in range(n)]
+    # J[a][c] = delta_ac + d(component a) / d(coordinate c); coordinate c
+    # runs along tensor axis n - c (x is the last spatial axis).
+    j = [[_gradient(components[a], n - c) + (1.0 if a == c else 0.0) for c in range(n)]
+         for a in range(n)]
+    if n == 2:
+        det = j[0][0] * j[1][1] - j[0][1] * j[1][0]
+    else:
+        det = (j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1])
+               - j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0])
+               + j[0][2] * (j[1][0] * j[2][1] - j[1][1] * j[2][0]))
+    return tf.cast(det, field.dtype)
+
+
+def _pixels_per_unit(field, size, align_corners):
+    """Per component, pixels per normalised unit of the image of ``size`` (default the field's)."""
+    sizes = _sizes_xyz(field) if size is None else list(size)[::-1]
+    dtype = _compute_dtype(field.dtype)
+    return tf.stack([half_extent(s, align_corners, dtype) for s in sizes])
+
+
+def displacement_to_normalized(displacement: TensorLike, *, size: Optional[Size] = None,
+                               align_corners: bool = False) -> tf.Tensor:
+    """A displacement in pixels -> normalised units.
+
+    ``size`` is the (height, width[, depth first]) of the image the field
+    samples; default the field's own.
+
+    Example:
+      >>> displacement_to_normalized(tf.fill([1, 4, 4, 2], 2.0))[0, 0, 0].numpy()
+      array([1., 1.], dtype=float32)
+    """
+    field, n = _check_field(displacement, "displacement")
+    size = check_size(size, name="size", ndim=(n,))
+    scale = _pixels_per_unit(field, size, check_bool(align_corners, name="align_corners"))
+    return tf.cast(tf.cast(field, scale.dtype) / scale, field.dtype)
+
+
+def displacement_to_pixels(displacement: TensorLike, *, size: Optional[Size] = None,
+                           align_corners: bool = False) -> tf.Tensor:
+    """A displacement in normalised units -> pixels; the inverse of :func:`displacement_to_normalized`.
+
+    Example:
+      >>> displacement_to_pixels(tf.fill([1, 4, 4, 2], 1.0))[0, 0, 0].numpy()
+      array([2., 2.], dtype=float32)
+    """
+    field, n = _check_field(displacement, "displacement")
+    size = check_size(size, name="size", ndim=(n,))
+    scale = _pixels_per_unit(field, size, check_bool(align_corners, name="align_corners"))
+    return tf.cast(tf.cast(field, scale.dtype) * scale, field.dtype)
+
+
+def resize_displacement(displacement: TensorLike, size: Size, *, units: Units = "pixels",
+                        align_corners: bool = False) -> tf.Tensor:
+    """Resamples a displacement field to another resolution (e.g. a coarse-to-fine pyramid).
+
+    The field is sampled (bilinear, border padding) at the same normalised
+    positions on the new grid. In "pixels" the field describes an image of
+    its own size, so the vectors are rescaled too (a field for a 32 x 32
+    image becomes one for a 64 x 64 image); "normalized" vectors keep their
+    values.
+
+    Args:
+      displacement: ``[B, H, W, 2]`` or ``[B, D, H, W, 3]``.
+      size: the new ``(height, width)`` or ``(depth, height, width)``.
+      units, align_corners: as in :func:`warp`.
+
+    Example:
+      >>> coarse = tf.fill([1, 4, 4, 2], 1.0)     # 1 pixel of a 4 x 4 image
+      >>> resize_displacement(coarse, (8, 8))[0, 3, 3].numpy()
+      array([2., 2.], dtype=float32)
+    """
+    field, n = _check_field(displacement, "displacement")
+    size = check_size(size, name="size", ndim=(n,))
+    check_option(units, name="units", allowed=UNITS)
+    align_corners = check_bool(align_corners, name="align_corners")
+    zeros = tf.zeros(tf.stack([tf.shape(field)[0], *size, n]), field.dtype)
+    resampled = warp(field, zeros, align_corners=align_corners)
+    if units == "normalized":
+        return resampled
+    scale = (_pixels_per_unit(resampled, None, align_corners)
+             / _pixels_per_unit(field, None, align_corners))
+    return tf.cast(tf.cast(resampled, scale.dtype) * scale, field.dtype)
+
+
+# --------------------------------------------------------------------------
+# Transform families: parameters -> theta, in 2-D and 3-D
+# --------------------------------------------------------------------------
+
+def _params(params, name, counts, ndim=None):
+    """``params`` ``[B, k]`` for one of ``counts`` ({ndim: k}); returns (params, ndim).
+
+    ``ndim`` None infers it from the static k.
+    """
+    params = as_float_tensor(params, name=name, allow_bool=False)
+    k = params.shape[-1] if params.shape.rank == 2 else None
+    forms = " or ".join(f"[B, {c}] ({d}-D)" for d, c in counts.items())
+    if params.shape.rank not in (None, 2):
+        raise ValueError(f"{name} must have shape {forms}; got {params.shape}")
+    if ndim is None:
+        by_count = {c: d for d, c in counts.items()}
+        if k is not None and k not in by_count:
+            raise ValueError(f"{name} must have shape {forms}; got {params.shape}")
+        ndim = by_count.get(k, 2)
+    count = counts[ndim]
+    if k is not None and k != count:
+        raise ValueError(f"{name} must have shape [B, {count}] ({ndim}-D); got {params.shape}")
+    if k is None:
+        check = tf.debugging.assert_equal(tf.shape(params)[-1], count,
+                                          message=f"{name} must have shape [B, {count}]")
+        with tf.control_dependencies([check]):
+            params = tf.reshape(params, [-1, count])
+    return params, ndim
+
+
+def _matrix(linear, translation):
+    """theta ``[B, n, n + 1]`` from a linear part ``[B, n, n]`` and a translation ``[B, n]``."""
+    return tf.concat([linear, translation[..., None]], axis=-1)
+
+
+def identity_theta(batch_size: SizeLike, dtype: tf.DType = tf.float32, ndim: int = 2) -> tf.Tensor:
+    """``[batch_size, ndim, ndim + 1]`` identity transforms ``[I | 0]``.
+
+    Example:
+      >>> identity_theta(1).numpy()
+      array([[[1., 0., 0.],
+              [0., 1., 0.]]], dtype=float32)
+    """
+    if ndim not in (2, 3) or isinstance(ndim, bool):
+        raise ValueError(f"ndim must be 2 or 3; got {ndim!r}")
+    eye = tf.eye(ndim, ndim + 1, dtype=dtype)
     return tf.tile(eye[None], tf.stack([batch_size, 1, 1]))
 
 
-def affine_theta(params):
-    """General affine: ``params`` [B, 6] row-major -> theta [B, 2, 3].
+def affine_theta(params: TensorLike, ndim: Optional[int] = None) -> tf.Tensor:
+    """General affine: ``params`` ``[B, 6]`` -> ``[B, 2, 3]``, ``[B, 12]`` -> ``[B, 3, 4]`` (row-major).
 
-    Identity parameters: ``(1, 0, 0, 0, 1, 0)``.
-    """
-    return tf.reshape(_params(params, "params", 6), [-1, 2, 3])
-
-
-def attention_theta(params):
-    """Attention (isotropic scale + translation), the seed README's constrained form.
-
-    ``params`` [B, 3] = (s, tx, ty) -> ``[[s, 0, tx], [0, s, ty]]`` [B, 2, 3].
-    ``s < 1`` zooms in on a window of half-size ``s`` centred at (tx, ty),
-    in normalised units. Identity parameters: ``(1, 0, 0)``.
+    Identity parameters: the rows of ``[I | 0]``.
 
     Example:
-      >>> theta = attention_theta([[0.5, 0.5, -0.5]])  # top-right quarter
+      >>> affine_theta([[1.0, 0, 0, 0, 1, 0]]).shape
+      TensorShape([1, 2, 3])
     """
-    params = _params(params, "params", 3)
-    s, tx, ty = tf.unstack(params, axis=-1)
-    zero = tf.zeros_like(s)
-    return tf.reshape(tf.stack([s, zero, tx, zero, s, ty], axis=-1), [-1, 2, 3])
+    params, n = _params(params, "params", {2: 6, 3: 12}, ndim)
+    return tf.reshape(params, [-1, n, n + 1])
 
 
-def similarity_theta(params):
-    """Similarity (scale, rotation, translation).
+def attention_theta(params: TensorLike, ndim: Optional[int] = None) -> tf.Tensor:
+    """Attention: isotropic scale + translation, the seed README's constrained form.
 
-    ``params`` [B, 4] = (s, angle, tx, ty) -> ``s * R(angle)`` with
-    translation (tx, ty): ``[[s cos, -s sin, tx], [s sin, s cos, ty]]``.
-    Since theta maps output to input coordinates and y points down, the
-    warped content turns *anticlockwise* on screen by ``angle`` radians.
-    Identity parameters: ``(1, 0, 0, 0)``.
-    """
-    params = _params(params, "params", 4)
-    s, angle, tx, ty = tf.unstack(params, axis=-1)
-    c = s * tf.cos(angle)
-    n = s * tf.sin(angle)
-    return tf.reshape(tf.stack([c, -n, tx, n, c, ty], axis=-1), [-1, 2, 3])
-
-
-def rotation_theta(angle, scale=1.0, translation=(0.0, 0.0)):
-    """Rotation about the image centre by ``angle`` radians ([B] or scalar).
-
-    The output shows the input turned anticlockwise on screen by ``angle``
-    (see ``similarity_theta``). Returns [B, 2, 3] ([1, 2, 3] for a scalar).
+    ``params`` ``[B, 3]`` = (s, tx, ty) -> ``[[s, 0, tx], [0, s, ty]]``, or
+    ``[B, 4]`` = (s, tx, ty, tz) -> ``[s I | t]`` ``[B, 3, 4]``. ``s < 1``
+    zooms in on a window of half-size ``s`` centred at t (normalised
+    units). Identity parameters: (1, 0, ...).
 
     Example:
-      >>> out = spatial_transformer_network(img, rotation_theta(tf.fill([B], np.pi / 4)))
+      >>> attention_theta([[0.5, 0.5, -0.5]]).numpy()   # the top-right quarter
+      array([[[ 0.5,  0. ,  0.5],
+              [ 0. ,  0.5, -0.5]]], dtype=float32)
+    """
+    params, n = _params(params, "params", {2: 3, 3: 4}, ndim)
+    scale = params[:, 0, None, None] * tf.eye(n, dtype=params.dtype)
+    return _matrix(scale, params[:, 1:])
+
+
+def _skew(v):
+    """``[B, 3]`` -> the cross-product matrices ``[v]_x`` ``[B, 3, 3]``."""
+    x, y, z = tf.unstack(v, axis=-1)
+    zero = tf.zeros_like(x)
+    return tf.reshape(tf.stack([zero, -z, y, z, zero, -x, -y, x, zero], axis=-1), [-1, 3, 3])
+
+
+def _rotation(angles):
+    """2-D: angles ``[B]`` -> ``[B, 2, 2]``; 3-D: axis-angle ``[B, 3]`` -> ``[B, 3, 3]``.
+
+    In 3-D the rotation is ``expm([v]_x)``: by the angle ``|v|`` about the
+    axis ``v / |v|`` (Rodrigues' formula), differentiable at ``v = 0``.
+    """
+    if angles.shape.rank == 2:
+        return _expm(_skew(angles))
+    c, s = tf.cos(angles), tf.sin(angles)
+    return tf.reshape(tf.stack([c, -s, s, c], axis=-1), [-1, 2, 2])
+
+
+def similarity_theta(params: TensorLike, ndim: Optional[int] = None) -> tf.Tensor:
+    """Similarity: scale, rotation, translation.
+
+    2-D: ``params`` ``[B, 4]`` = (s, angle, tx, ty) ->
+    ``[[s cos, -s sin, tx], [s sin, s cos, ty]]``. Since theta maps output
+    to input coordinates and y points down, the warped content turns
+    *anticlockwise* on screen by ``angle`` radians. 3-D: ``[B, 7]`` =
+    (s, rx, ry, rz, tx, ty, tz) -> ``[s R | t]`` with R the rotation by
+    ``|r|`` radians about the axis ``r`` (axis-angle). Identity parameters:
+    (1, 0, ...).
+
+    Example:
+      >>> similarity_theta([[2.0, 0.0, 0.1, 0.2]]).numpy()
+      array([[[2. , 0. , 0.1],
+              [0. , 2. , 0.2]]], dtype=float32)
+    """
+    params, n = _params(params, "params", {2: 4, 3: 7}, ndim)
+    angles = params[:, 1] if n == 2 else params[:, 1:4]
+    return _matrix(params[:, 0, None, None] * _rotation(angles), params[:, -n:])
+
+
+def rotation_theta(angle: TensorLike, scale: float = 1.0,
+                   translation: Optional[Sequence[float]] = None) -> tf.Tensor:
+    """Rotation about the centre: 2-D by ``angle`` radians, 3-D by an axis-angle vector.
+
+    ``angle``: a scalar or ``[B]`` (2-D; the content turns anticlockwise on
+    screen, see :func:`similarity_theta`) or ``[B, 3]`` axis-angle vectors
+    (3-D: ``|v|`` radians about ``v``). Returns ``[B, 2, 3]`` or ``[B, 3, 4]``.
+
+    Example:
+      >>> rotation_theta(np.pi / 2).numpy().round(6)
+      array([[[ 0., -1.,  0.],
+              [ 1.,  0.,  0.]]], dtype=float32)
     """
     angle = as_float_tensor(angle, name="angle", allow_bool=False)
-    angle = tf.reshape(angle, [-1])
-    scale = tf.cast(scale, angle.dtype) * tf.ones_like(angle)
-    tx = tf.cast(translation[0], angle.dtype) * tf.ones_like(angle)
-    ty = tf.cast(translation[1], angle.dtype) * tf.ones_like(angle)
-    return similarity_theta(tf.stack([scale, angle, tx, ty], axis=-1))
+    if angle.shape.rank not in (0, 1, 2) or (angle.shape.rank == 2 and angle.shape[-1] != 3):
+        raise ValueError(f"angle must be a scalar or [B] angles (2-D), or [B, 3] axis-angle "
+                         f"vectors (3-D); got shape {angle.shape}")
+    if angle.shape.rank < 2:
+        angle = tf.reshape(angle, [-1])
+    n = angle.shape.rank + 1
+    return _scaled_rotation(_rotation(angle), scale, (0.0,) * n if translation is None
+                            else translation)
 
 
-def affine_diffeomorphic_theta(params):
+def euler_rotation_theta(angles: TensorLike, scale: float = 1.0,
+                         translation: Sequence[float] = (0.0, 0.0, 0.0)) -> tf.Tensor:
+    """3-D rotation from Euler angles: about the fixed x, then y, then z axes.
+
+    ``angles`` ``[B, 3]`` (or ``[3]``) = (a, b, c) radians give
+    ``R = Rz(c) Ry(b) Rx(a)`` (extrinsic x-y-z; SciPy's
+    ``Rotation.from_euler("xyz", angles)``), as ``[scale R | translation]``
+    ``[B, 3, 4]``.
+
+    Example:
+      >>> euler_rotation_theta([0.0, 0.0, np.pi / 2]).numpy().round(6)[0, :, :3]
+      array([[ 0., -1.,  0.],
+             [ 1.,  0.,  0.],
+             [ 0.,  0.,  1.]], dtype=float32)
+    """
+    angles = tf.reshape(as_float_tensor(angles, name="angles", allow_bool=False), [-1, 3])
+    unit = tf.eye(3, dtype=angles.dtype)
+    rotation = tf.eye(3, batch_shape=tf.shape(angles)[:1], dtype=angles.dtype)
+    for axis in range(3):
+        rotation = tf.matmul(_rotation(angles[:, axis, None] * unit[axis]), rotation)
+    return _scaled_rotation(rotation, scale, translation)
+
+
+def _scaled_rotation(rotation, scale, translation):
+    """``[scale R | translation]`` from rotations ``[B, n, n]``."""
+    n = rotation.shape[-1]
+    if len(translation) != n:
+        raise ValueError(f"translation must have {n} values for a {n}-D rotation; "
+                         f"got {translation!r}")
+    linear = tf.cast(scale, rotation.dtype) * rotation
+    shift = tf.zeros_like(linear[:, :, 0]) + tf.constant(list(translation), rotation.dtype)
+    return _matrix(linear, shift)
+
+
+def affine_diffeomorphic_theta(params: TensorLike, ndim: Optional[int] = None) -> tf.Tensor:
     """Affine diffeomorphic transform: the matrix exponential of an affine generator.
 
-    ``params`` [B, 6] = (a, b, c, d, e, f) -> top two rows of
-    ``expm([[a, b, c], [d, e, f], [0, 0, 0]])`` [B, 2, 3]. Always invertible
-    (its inverse is ``expm(-A)``), so the warp never folds or collapses the
-    image (Detlefsen et al., CVPR 2018; seed 004). Identity parameters: zeros.
+    ``params`` ``[B, 6]`` (2-D) or ``[B, 12]`` (3-D) fill the top rows of
+    the generator ``G = [[A, b], [0, 0]]``; theta is the top rows of
+    ``expm(G)``. Always invertible (its inverse is ``expm(-G)``), so the
+    warp never folds or collapses the image (Detlefsen et al., CVPR 2018;
+    seed 004). Identity parameters: zeros.
+
+    Example:
+      >>> affine_diffeomorphic_theta(tf.zeros([1, 6])).numpy()
+      array([[[1., 0., 0.],
+              [0., 1., 0.]]], dtype=float32)
     """
-    params = _params(params, "params", 6)
-    generator = tf.concat([tf.reshape(params, [-1, 2, 3]),
-                           tf.zeros_like(params[:, None, :3])], axis=1)
-    return _expm(generator)[:, :2, :]
+    params, n = _params(params, "params", {2: 6, 3: 12}, ndim)
+    top = tf.reshape(params, [-1, n, n + 1])
+    generator = tf.concat([top, tf.zeros_like(top[:, :1])], axis=1)
+    return _expm(generator)[:, :n, :]
 
 
 _EXPM_MAX_SQUARINGS = 24   # norms up to 2**22: e**(2**22) overflows float64 anyway
@@ -842,7 +1117,7 @@ _EXPM_TAYLOR_DEGREE = 12
 
 
 def _expm(a):
-    """Matrix exponential of small matrices [B, n, n], by scaling and squaring.
+    """Matrix exponential of small matrices ``[B, n, n]``, by scaling and squaring.
 
     Each matrix is scaled by 2**-s so that its infinity norm is <= 1/4, the
     exponential of that is summed as a degree-12 Taylor series (error below
@@ -866,131 +1141,166 @@ def _expm(a):
     return result
 
 
-def projective_theta(params):
-    """Projective transform (homography): ``params`` [B, 8] -> [B, 3, 3], h22 = 1.
+def projective_theta(params: TensorLike, ndim: Optional[int] = None) -> tf.Tensor:
+    """Projective transform (homography): ``[B, 8]`` -> ``[B, 3, 3]``, ``[B, 15]`` -> ``[B, 4, 4]``.
 
-    Maps output (x, y) to input ``((h00 x + h01 y + h02) / w, (h10 x + h11 y + h12) / w)``
-    with ``w = h20 x + h21 y + 1``. Identity parameters: ``(1, 0, 0, 0, 1, 0, 0, 0)``.
+    The last entry is fixed to 1. In 2-D, output (x, y) maps to input
+    ``((h00 x + h01 y + h02) / w, (h10 x + h11 y + h12) / w)`` with
+    ``w = h20 x + h21 y + 1``. Identity parameters: the identity's entries.
+
+    Example:
+      >>> projective_theta([[1.0, 0, 0, 0, 1, 0, 0, 0]]).shape
+      TensorShape([1, 3, 3])
     """
-    params = _params(params, "params", 8)
-    return tf.reshape(tf.concat([params, tf.ones_like(params[:, :1])], axis=1), [-1, 3, 3])
+    params, n = _params(params, "params", {2: 8, 3: 15}, ndim)
+    return tf.reshape(tf.concat([params, tf.ones_like(params[:, :1])], axis=1), [-1, n + 1, n + 1])
 
 
 def _homogeneous(theta, name):
-    matrix, projective = _theta_matrix(theta, name)
+    """theta -> (``[B, n + 1, n + 1]``, projective)."""
+    matrix, projective = _theta_matrix(theta, name=name)
     if projective:
         return matrix, True
-    last = tf.tile(tf.constant([[[0.0, 0.0, 1.0]]], matrix.dtype), [tf.shape(matrix)[0], 1, 1])
+    n = matrix.shape[1]
+    last = tf.tile(tf.constant([[[0.0] * n + [1.0]]], matrix.dtype), [tf.shape(matrix)[0], 1, 1])
     return tf.concat([matrix, last], axis=1), False
 
 
-def invert_affine(theta):
+def invert_affine(theta: TensorLike) -> tf.Tensor:
     """Inverse transform: warping by theta then by its inverse restores the image.
 
-    ``theta`` [B, 2, 3] / [B, 6] gives [B, 2, 3]; a projective [B, 3, 3] /
-    [B, 8] gives [B, 3, 3] (normalised so h22 = 1).
+    Affine ``[B, n, n + 1]`` (or flat) gives ``[B, n, n + 1]``; projective
+    ``[B, n + 1, n + 1]`` gives the same form, normalised so the last entry
+    is 1. 2-D and 3-D.
+
+    Example:
+      >>> invert_affine(attention_theta([[0.5, 0.2, 0.0]])).numpy()
+      array([[[ 2. ,  0. , -0.4],
+              [ 0. ,  2. ,  0. ]]], dtype=float32)
     """
     matrix, projective = _homogeneous(theta, "theta")
     inverse = tf.linalg.inv(matrix)
     if projective:
-        return inverse / inverse[:, 2:3, 2:3]
-    return inverse[:, :2, :]
+        return inverse / inverse[:, -1:, -1:]
+    return inverse[:, :-1, :]
 
 
-def compose_affine(first, second):
+def compose_affine(first: TensorLike, second: TensorLike) -> tf.Tensor:
     """One transform equal to warping by ``first`` and then by ``second``.
 
     Warping by ``first`` gives ``o1(p) = img(A p)``; warping that by
     ``second`` gives ``o2(p) = o1(B p) = img(A B p)``: the product ``A @ B``
     in homogeneous form (up to resampling and borders). Affine inputs give
-    [B, 2, 3]; if either is projective the result is [B, 3, 3].
+    an affine result; if either is projective the result is projective.
+
+    Example:
+      >>> half = attention_theta([[0.5, 0.0, 0.0]])
+      >>> compose_affine(half, half).numpy()
+      array([[[0.25, 0.  , 0.  ],
+              [0.  , 0.25, 0.  ]]], dtype=float32)
     """
     a, pa = _homogeneous(first, "first")
     b, pb = _homogeneous(second, "second")
+    if a.shape[1] is not None and b.shape[1] is not None and a.shape[1] != b.shape[1]:
+        raise ValueError(f"first and second must be transforms of the same dimension; got "
+                         f"{a.shape[1] - 1}-D and {b.shape[1] - 1}-D")
     product = tf.matmul(a, tf.cast(b, a.dtype))
     if pa or pb:
-        return product / product[:, 2:3, 2:3]
-    return product[:, :2, :]
+        return product / product[:, -1:, -1:]
+    return product[:, :-1, :]
 
 
 class AffineWarpConstraints:
-    """Fixes some entries of the 2x3 affine matrix and learns the rest.
+    """Fixes some entries of the affine matrix and learns the rest.
 
     In the spirit of Sonnet 1's ``AffineWarpConstraints``: ``constraints``
-    is a 2x3 nested sequence whose entries are a number (fixed) or ``None``
-    (free). ``theta(params)`` fills the free entries, row-major, from
-    ``params`` [B, num_free_params].
+    is a 2 x 3 (images) or 3 x 4 (volumes) nested sequence whose entries
+    are a number (fixed) or ``None`` (free). ``theta(params)`` fills the
+    free entries, row-major, from ``params`` ``[B, num_free_params]``.
 
     Example:
       >>> c = AffineWarpConstraints.translation_only()   # [[1, 0, None], [0, 1, None]]
-      >>> theta = c.theta(tf.zeros([4, c.num_free_params]))   # identity
+      >>> c.num_free_params
+      2
+      >>> c.theta(tf.zeros([4, c.num_free_params])).shape   # identity
+      TensorShape([4, 2, 3])
     """
 
-    def __init__(self, constraints=((None,) * 3,) * 2):
+    def __init__(self, constraints: Sequence[Sequence[Optional[float]]] = ((None,) * 3,) * 2):
         rows = [list(r) for r in constraints]
-        if len(rows) != 2 or any(len(r) != 3 for r in rows):
-            raise ValueError(f"constraints must be 2x3 (numbers or None); got {constraints!r}")
+        n = len(rows)
+        if n not in (2, 3) or any(len(r) != n + 1 for r in rows):
+            raise ValueError(f"constraints must be 2x3 or 3x4 (numbers or None); got {constraints!r}")
         for r in rows:
             for v in r:
                 if v is not None and not isinstance(v, (int, float, np.number)):
                     raise ValueError(f"constraints entries must be numbers or None; got {v!r}")
         self.constraints = tuple(tuple(r) for r in rows)
+        self.ndim = n
         flat = [v for r in rows for v in r]
         self._free = [i for i, v in enumerate(flat) if v is None]
         self._fixed = [0.0 if v is None else float(v) for v in flat]
 
     @property
-    def num_free_params(self):
+    def num_free_params(self) -> int:
         return len(self._free)
 
     @property
-    def identity_params(self):
+    def identity_params(self) -> List[float]:
         """Free-parameter values giving the identity transform."""
-        eye = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        return [eye[i] for i in self._free]
+        eye = np.eye(self.ndim, self.ndim + 1).ravel()
+        return [float(eye[i]) for i in self._free]
 
-    def theta(self, params):
-        """``params`` [B, num_free_params] -> theta [B, 2, 3]."""
-        params = _params(params, "params", self.num_free_params)
+    def theta(self, params: TensorLike) -> tf.Tensor:
+        """``params`` ``[B, num_free_params]`` -> theta ``[B, n, n + 1]``."""
+        n = self.ndim
+        params, _ = _params(params, "params", {n: self.num_free_params}, n)
         batch = tf.shape(params)[0]
         columns = []
         free = iter(range(self.num_free_params))
-        for i in range(6):
+        for i in range(n * (n + 1)):
             if i in self._free:
                 columns.append(params[:, next(free)])
             else:
                 columns.append(tf.fill([batch], tf.cast(self._fixed[i], params.dtype)))
-        return tf.reshape(tf.stack(columns, axis=-1), [-1, 2, 3])
+        return tf.reshape(tf.stack(columns, axis=-1), [-1, n, n + 1])
 
     @classmethod
-    def no_constraints(cls):
-        return cls(((None, None, None), (None, None, None)))
+    def _like_identity(cls, free, ndim):
+        """The identity with the entries ``free(row, column)`` left free."""
+        eye = np.eye(ndim, ndim + 1)
+        return cls([[None if free(r, c) else float(eye[r, c]) for c in range(ndim + 1)]
+                    for r in range(ndim)])
 
     @classmethod
-    def translation_only(cls):
-        return cls(((1.0, 0.0, None), (0.0, 1.0, None)))
+    def no_constraints(cls, ndim: int = 2) -> "AffineWarpConstraints":
+        return cls._like_identity(lambda r, c: True, ndim)
 
     @classmethod
-    def scale_only(cls):
-        return cls(((None, 0.0, 0.0), (0.0, None, 0.0)))
+    def translation_only(cls, ndim: int = 2) -> "AffineWarpConstraints":
+        return cls._like_identity(lambda r, c: c == ndim, ndim)
 
     @classmethod
-    def shear_only(cls):
-        return cls(((1.0, None, 0.0), (None, 1.0, 0.0)))
+    def scale_only(cls, ndim: int = 2) -> "AffineWarpConstraints":
+        return cls._like_identity(lambda r, c: r == c, ndim)
 
     @classmethod
-    def no_shear(cls):
-        return cls(((None, 0.0, None), (0.0, None, None)))
+    def shear_only(cls, ndim: int = 2) -> "AffineWarpConstraints":
+        return cls._like_identity(lambda r, c: r != c and c < ndim, ndim)
+
+    @classmethod
+    def no_shear(cls, ndim: int = 2) -> "AffineWarpConstraints":
+        return cls._like_identity(lambda r, c: r == c or c == ndim, ndim)
 
     def __repr__(self):
         return f"AffineWarpConstraints({self.constraints!r})"
 
 
-# --------------------------------------------------------------------------
 # Thin-plate splines
 # --------------------------------------------------------------------------
 
-def control_point_lattice(rows, cols=None, *, extent=1.0, dtype=tf.float32):
+def control_point_lattice(rows: int, cols: Optional[int] = None, *, extent: float = 1.0,
+                          dtype: tf.DType = tf.float32) -> tf.Tensor:
     """A regular ``rows x cols`` lattice of control points, ``[rows * cols, 2]`` (x, y).
 
     The points run from ``-extent`` to ``extent`` along each axis
@@ -1040,7 +1350,30 @@ def _tps_features(points, control_points):
     return tf.concat([radial, affine], axis=-1)
 
 
-def tps_coefficients(control_points, source_points):
+def _tps_points(control_points, source_points):
+    """Checked control ``[N, 2]`` / ``[B, N, 2]`` and source ``[B, N, 2]`` points, as float64.
+
+    The control points are first rounded to the source points' dtype (float32
+    for half types): the identity (source = control, as a network's float32
+    head holds it) must give a zero displacement.
+    """
+    c = as_float_tensor(control_points, name="control_points", allow_bool=False)
+    s = as_float_tensor(source_points, name="source_points", allow_bool=False)
+    check_rank(c, name="control_points", ranks=(2, 3), layout="[N, 2] or [B, N, 2]")
+    check_rank(s, name="source_points", ranks=(3,), layout="[B, N, 2]")
+    for t, name in ((c, "control_points"), (s, "source_points")):
+        if t.shape[-1] is not None and t.shape[-1] != 2:
+            raise ValueError(f"{name} must end in an (x, y) axis of size 2; got shape {t.shape}")
+    n_c, n_s = c.shape[-2], s.shape[-2]
+    if n_c is not None and n_s is not None and n_c != n_s:
+        raise ValueError(f"source_points must have one point per control point ({n_c}); "
+                         f"got shape {s.shape}")
+    rounding = _compute_dtype(s.dtype)
+    c = tf.cast(tf.cast(c, rounding), tf.float64)
+    return c, tf.cast(s, tf.float64)
+
+
+def tps_coefficients(control_points: TensorLike, source_points: TensorLike) -> tf.Tensor:
     """Solves for the thin-plate spline that sends control points to source points.
 
     The interpolant is ``f(p) = sum_i w_i U(|p - c_i|^2) + a_0 + a_x x + a_y y``
@@ -1060,18 +1393,7 @@ def tps_coefficients(control_points, source_points):
       Solved in float64 whatever the inputs: close control points make the
       system ill-conditioned enough to cost float32 several digits.
     """
-    c = as_float_tensor(control_points, name="control_points", allow_bool=False)
-    s = as_float_tensor(source_points, name="source_points", allow_bool=False)
-    check_rank(c, name="control_points", ranks=(2, 3), layout="[N, 2] or [B, N, 2]")
-    check_rank(s, name="source_points", ranks=(3,), layout="[B, N, 2]")
-    for t, name in ((c, "control_points"), (s, "source_points")):
-        if t.shape[-1] is not None and t.shape[-1] != 2:
-            raise ValueError(f"{name} must end in an (x, y) axis of size 2; got shape {t.shape}")
-    n_c, n_s = c.shape[-2], s.shape[-2]
-    if n_c is not None and n_s is not None and n_c != n_s:
-        raise ValueError(f"source_points must have one point per control point ({n_c}); "
-                         f"got shape {s.shape}")
-    c, s = tf.cast(c, tf.float64), tf.cast(s, tf.float64)
+    c, s = _tps_points(control_points, source_points)
     features = _tps_features(c, c)                                     # [..., N, N + 3]
     p_t = tf.linalg.matrix_transpose(features[..., -3:])              # [..., 3, N]
     bottom = tf.concat([p_t, tf.zeros_like(p_t[..., :3])], axis=-1)   # [..., 3, N + 3]
@@ -1086,15 +1408,36 @@ def tps_coefficients(control_points, source_points):
     return tf.linalg.solve(system, rhs)
 
 
-def tps_grid(control_points, source_points, size, *, align_corners=False):
+def _tps_displacement(control_points, source_points, size, align_corners):
+    """The thin-plate interpolant of ``source - control`` at the output pixel centres.
+
+    ``[B, *size, 2]`` float64, normalised. ``tps_grid`` is the identity grid
+    plus this; the "tps" family warps by it directly, so that source points
+    equal to the control points give a zero displacement, hence exactly the
+    identity.
+    """
+    c, s = _tps_points(control_points, source_points)
+    coefficients = tps_coefficients(c, s - c)                          # [B, N + 3, 2]
+    height, width = size
+    xs = pixel_centers(width, align_corners, tf.float64)
+    ys = pixel_centers(height, align_corners, tf.float64)
+    points = tf.reshape(tf.stack(tf.meshgrid(xs, ys), axis=-1), [-1, 2])   # [H * W, 2]
+    if c.shape.rank == 3:
+        points = tf.broadcast_to(points, tf.concat([tf.shape(c)[:1], tf.shape(points)], 0))
+    moved = tf.matmul(_tps_features(points, c), coefficients)             # [B, H * W, 2]
+    return tf.reshape(moved, tf.stack([-1, height, width, 2]))
+
+
+def tps_grid(control_points: TensorLike, source_points: TensorLike, size: Size, *,
+             align_corners: bool = False) -> tf.Tensor:
     """Sampling grid of the thin-plate spline that sends control points to source points.
 
     The unique thin-plate interpolant (kernel ``r^2 log r^2`` plus an affine
     part, see :func:`tps_coefficients`) evaluated at the output pixel
     centres: each control point (output, normalised) is sent to its source
     point (input, normalised), and the warp bends as little as possible in
-    between. Affine point sets give exactly ``affine_grid``'s grid (no
-    bending). The grid feeds ``grid_sample``; for the STN layer use
+    between. Affine point sets give ``affine_grid``'s grid (no bending).
+    The grid feeds :func:`grid_sample`; for the STN layer use
     ``transform_family("tps", control_points=...)``.
 
     Args:
@@ -1106,12 +1449,13 @@ def tps_grid(control_points, source_points, size, *, align_corners=False):
 
     Returns:
       ``[B, out_height, out_width, 2]`` normalised (x, y), in the dtype of
-      ``source_points`` (computed in float64, see :func:`tps_coefficients`).
+      ``source_points`` (computed in float64: the weights of close control
+      points are large and cancel, which float32 would not survive).
 
     Example:
       >>> c = control_point_lattice(3)
       >>> grid = tps_grid(c, c[None], (4, 5))   # source = control: the identity
-      >>> float(tf.reduce_max(tf.abs(grid - affine_grid(identity_theta(1), (4, 5))))) < 1e-6
+      >>> bool(tf.reduce_all(grid == affine_grid(identity_theta(1), (4, 5))))
       True
     """
     align_corners = check_bool(align_corners, name="align_corners")
@@ -1119,30 +1463,21 @@ def tps_grid(control_points, source_points, size, *, align_corners=False):
     if size is None:
         raise ValueError("size must be (height, width); got None")
     out_dtype = as_float_tensor(source_points, name="source_points", allow_bool=False).dtype
-    coefficients = tps_coefficients(control_points, source_points)     # [B, N + 3, 2]
-    # Evaluated in float64 too: the weights of close control points are
-    # large and cancel, which float32 features would not survive.
-    dtype = tf.float64
-    c = tf.cast(as_float_tensor(control_points, name="control_points", allow_bool=False), dtype)
-    height, width = size
-    xs = pixel_centers(width, align_corners, dtype)
-    ys = pixel_centers(height, align_corners, dtype)
-    points = tf.reshape(tf.stack(tf.meshgrid(xs, ys), axis=-1), [-1, 2])   # [H * W, 2]
-    if c.shape.rank == 3:
-        points = tf.broadcast_to(points, tf.concat([tf.shape(c)[:1], tf.shape(points)], 0))
-    grid = tf.matmul(_tps_features(points, c), coefficients)               # [B, H * W, 2]
-    grid = tf.reshape(grid, tf.stack([-1, height, width, 2]))
-    return tf.cast(grid, out_dtype)
+    moved = _tps_displacement(control_points, source_points, size, align_corners)
+    identity = tf.stack(tf.meshgrid(pixel_centers(size[1], align_corners, tf.float64),
+                                    pixel_centers(size[0], align_corners, tf.float64)), axis=-1)
+    return tf.cast(identity + moved, out_dtype)
 
 
 class TransformFamily:
     """A family of transforms as a localisation network predicts it.
 
     ``theta(params)`` maps ``[B, num_params]`` parameters to the transform
-    (what ``spatial_transformer_network`` takes); ``identity_params`` are the
-    parameters of the identity, the starting point of a localisation
-    network's last layer; ``warp(inputs, theta, ...)`` applies a transform
-    of the family. Get one with :func:`transform_family`.
+    (what :func:`spatial_transformer_network` takes, or the source points of
+    a thin-plate spline); ``identity_params`` are the parameters of the
+    identity, the starting point of a localisation network's last layer;
+    ``warp(inputs, theta, ...)`` applies a transform of the family. Get one
+    with :func:`transform_family`.
 
     Example:
       >>> family = transform_family("attention")
@@ -1150,7 +1485,8 @@ class TransformFamily:
       (3, (1.0, 0.0, 0.0))
     """
 
-    def __init__(self, name, ndim, num_params, identity_params, theta, warp=None):
+    def __init__(self, name: str, ndim: int, num_params: int, identity_params: Sequence[float],
+                 theta, warp=None):
         self.name = name
         self.ndim = ndim
         self.num_params = num_params
@@ -1158,31 +1494,19 @@ class TransformFamily:
         self._theta = theta
         self._warp = warp or spatial_transformer_network
 
-    def theta(self, params):
+    def theta(self, params: TensorLike) -> tf.Tensor:
         """``params`` ``[B, num_params]`` -> this family's transform."""
         return self._theta(params)
 
-    def warp(self, inputs, theta, out_dims=None, *, align_corners=False, padding_mode="zeros",
-             interpolation="bilinear"):
+    def warp(self, inputs: TensorLike, theta: TensorLike, out_dims: Optional[Size] = None, *,
+             align_corners: bool = False, padding_mode: PaddingMode = "zeros",
+             interpolation: Interpolation = "bilinear") -> tf.Tensor:
         """Warps ``inputs`` by a transform ``theta`` of this family."""
         return self._warp(inputs, theta, out_dims, align_corners=align_corners,
                           padding_mode=padding_mode, interpolation=interpolation)
 
     def __repr__(self):
         return f"TransformFamily({self.name!r}, ndim={self.ndim}, num_params={self.num_params})"
-
-
-# name -> {number of spatial dimensions: family}
-TRANSFORMS = {
-    "affine": {2: TransformFamily("affine", 2, 6, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), affine_theta)},
-    "attention": {2: TransformFamily("attention", 2, 3, (1.0, 0.0, 0.0), attention_theta)},
-    "similarity": {2: TransformFamily("similarity", 2, 4, (1.0, 0.0, 0.0, 0.0),
-                                      similarity_theta)},
-    "diffeomorphic": {2: TransformFamily("diffeomorphic", 2, 6, (0.0,) * 6,
-                                         affine_diffeomorphic_theta)},
-    "projective": {2: TransformFamily("projective", 2, 8, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0),
-                                      projective_theta)},
-}
 
 
 def _tps_family(control_points):
@@ -1205,60 +1529,92 @@ def _tps_family(control_points):
     n = len(points)
 
     def theta(params):
-        return tf.reshape(_params(params, "params", 2 * n), [-1, n, 2])
+        params, _ = _params(params, "params", {2: 2 * n}, 2)
+        return tf.reshape(params, [-1, n, 2])
 
-    def warp(inputs, source_points, out_dims=None, **sampling):
-        image = as_float_tensor(inputs, name="inputs")
-        size = out_dims if out_dims is not None else tf.unstack(tf.shape(image)[1:3])
-        grid = tps_grid(tf.constant(points, _compute_dtype(image.dtype)), source_points, size,
-                        align_corners=sampling["align_corners"])
-        return grid_sample(image, grid, **sampling)
+    def warp_by_tps(inputs, source_points, out_dims=None, **sampling):
+        image, _ = _check_image(inputs, "inputs")
+        size = check_size(out_dims, name="out_dims") or spatial_convention.shape_list(image)[1:3]
+        moved = _tps_displacement(points, source_points, size, sampling["align_corners"])
+        return warp(image, tf.cast(moved, _compute_dtype(image.dtype)), units="normalized",
+                    **sampling)
 
-    family = TransformFamily("tps", 2, 2 * n, points.ravel(), theta, warp)
+    family = TransformFamily("tps", 2, 2 * n, points.ravel(), theta, warp_by_tps)
     family.control_points = points   # [N, 2] NumPy, normalised (x, y) in the output
     return family
 
 
-def transform_family(transform="affine", ndim=2, *, constraints=None, control_points=None):
+def _matrix_families(name, theta, num_params, identity):
+    """``{ndim: family}`` for ndim 2 and 3 of a matrix-valued family."""
+    return {n: TransformFamily(name, n, num_params(n), identity(n), functools.partial(theta, ndim=n))
+            for n in (2, 3)}
+
+
+# name -> {number of spatial dimensions: family}
+TRANSFORMS = {
+    "affine": _matrix_families("affine", affine_theta, lambda n: n * (n + 1),
+                               lambda n: np.eye(n, n + 1).ravel()),
+    "attention": _matrix_families("attention", attention_theta, lambda n: n + 1,
+                                  lambda n: (1.0,) + (0.0,) * n),
+    "similarity": _matrix_families("similarity", similarity_theta, lambda n: 1 + n * (n + 1) // 2,
+                                   lambda n: (1.0,) + (0.0,) * (n * (n + 1) // 2)),
+    "diffeomorphic": _matrix_families("diffeomorphic", affine_diffeomorphic_theta,
+                                      lambda n: n * (n + 1), lambda n: (0.0,) * (n * (n + 1))),
+    "projective": _matrix_families("projective", projective_theta, lambda n: (n + 1) ** 2 - 1,
+                                   lambda n: np.eye(n + 1).ravel()[:-1]),
+    "tps": {2: _tps_family(4)},   # a 4 x 4 lattice; transform_family chooses others
+}
+
+
+def transform_family(transform: str = "affine", ndim: int = 2, *,
+                     constraints: Optional[AffineWarpConstraints] = None,
+                     control_points=None) -> TransformFamily:
     """The family named ``transform`` (a key of ``TRANSFORMS``) in ``ndim`` dimensions.
 
     Args:
-      transform: "affine", "attention", "similarity", "diffeomorphic" or
-        "projective".
-      ndim: 2 for images.
-      constraints: an ``AffineWarpConstraints`` that fixes some entries of
-        an affine transform (``transform="affine"`` only); the family's
-        parameters are then the free entries.
+      transform: "affine", "attention" (scale + translation), "similarity"
+        (scale, rotation, translation), "diffeomorphic" (expm of the affine
+        generator), "projective" or "tps" (thin-plate spline, 2-D).
+      ndim: 2 for images, 3 for volumes.
+      constraints: an ``AffineWarpConstraints`` fixing some entries of an
+        affine transform (``transform="affine"`` only); the parameters are
+        then the free entries.
+      control_points: for "tps": an int k (a k x k lattice, default 4),
+        ``(rows, cols)``, or an ``[N, 2]`` array of normalised (x, y).
 
     Example:
-      >>> transform_family("affine", constraints=AffineWarpConstraints.translation_only()).num_params
-      2
+      >>> transform_family("affine", 3).num_params
+      12
+      >>> transform_family("tps", control_points=(2, 3)).num_params
+      12
     """
-    check_option(transform, name="transform", allowed=tuple(TRANSFORMS) + ("tps",))
-    if transform == "tps":
-        if ndim != 2:
-            raise ValueError(f"transform='tps' is 2-D only; got ndim={ndim!r}")
-        if constraints is not None:
-            raise ValueError("constraints only apply to transform='affine'; got transform='tps'")
-        # Default: a 4 x 4 lattice over the whole image.
-        return _tps_family(4 if control_points is None else control_points)
-    if control_points is not None:
-        raise ValueError(f"control_points only apply to transform='tps'; got {transform!r}")
+    check_option(transform, name="transform", allowed=tuple(TRANSFORMS))
     families = TRANSFORMS[transform]
-    if ndim not in families:
-        raise ValueError(f"transform={transform!r} has no {ndim}-D form; ndim must be one of "
-                         f"{', '.join(str(n) for n in sorted(families))}; got {ndim!r}")
-    family = families[ndim]
+    if isinstance(ndim, bool) or ndim not in families:
+        dims = " or ".join(f"{n}-D" for n in sorted(families))
+        raise ValueError(f"transform={transform!r} is {dims}"
+                         f"{' only' if len(families) == 1 else ''}; got ndim={ndim!r}")
+    if control_points is not None:
+        if transform != "tps":
+            raise ValueError(f"control_points only apply to transform='tps'; got {transform!r}")
+        return _tps_family(control_points)
     if constraints is None:
-        return family
+        return families[ndim]
     if not isinstance(constraints, AffineWarpConstraints):
         raise TypeError(f"constraints must be an stn.AffineWarpConstraints; got {constraints!r}")
     if transform != "affine":
         raise ValueError(f"constraints only apply to transform='affine'; got {transform!r}")
+    if constraints.ndim != ndim:
+        raise ValueError(f"constraints are {constraints.ndim}-D but ndim={ndim}")
     return TransformFamily("affine", ndim, constraints.num_free_params,
                            constraints.identity_params, constraints.theta)
 
 
-def transform_theta(transform, params, ndim=2):
-    """theta from ``params`` ``[B, k]`` for a transform family named in ``TRANSFORMS``."""
+def transform_theta(transform: str, params: TensorLike, ndim: int = 2) -> tf.Tensor:
+    """theta from ``params`` ``[B, k]`` for a transform family named in ``TRANSFORMS``.
+
+    Example:
+      >>> transform_theta("attention", [[1.0, 0.0, 0.0]]).shape
+      TensorShape([1, 2, 3])
+    """
     return transform_family(transform, ndim).theta(params)

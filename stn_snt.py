@@ -12,6 +12,8 @@ Example (a localisation network whose last layer starts at the identity):
     warped, theta = st(images, return_theta=True)
     warped = SpatialTransformer()(images, theta=my_theta)   # a given theta
 """
+from typing import Optional
+
 import numpy as np
 import sonnet as snt
 import tensorflow as tf
@@ -36,61 +38,105 @@ class _ValuesInit(snt.initializers.Initializer):
 class SpatialTransformer(snt.Module):
     """Warps its input by a transform: ``stn.spatial_transformer_network`` as a module.
 
-    With ``localization`` (any callable mapping inputs ``[B, H, W, C]`` to
-    features ``[B, ...]``), the module owns a final ``snt.Linear`` that maps
-    the flattened features to the transform's parameters, with zero weights
-    and the identity transform's parameters as bias: before training the
-    layer returns its input unchanged (the seed's usage note). Without it,
-    pass ``theta`` to ``__call__``.
+    With ``localization`` (any callable mapping inputs ``[B, H, W, C]`` or
+    volumes ``[B, D, H, W, C]`` to features ``[B, ...]``), the module owns a
+    final ``snt.Linear`` (``head``, created on the first call, when the
+    input's rank tells 2-D from 3-D) that maps the flattened features to the
+    transform's parameters, with zero weights and the identity transform's
+    parameters as bias: before training the layer returns its input
+    unchanged (the seed's usage note). Without it, pass ``theta`` to
+    ``__call__``.
 
     Args:
-      out_dims: ``(height, width)`` of the output; default the input's.
-      transform: family of the predicted transform, a key of
-        ``stn.TRANSFORMS``: "affine" (6 params), "attention" (s, tx, ty),
-        "similarity" (s, angle, tx, ty), "diffeomorphic" (expm of the affine
-        generator) or "projective" (8 params).
+      out_dims: ``(height, width)`` or ``(depth, height, width)`` of the
+        output; default the input's.
+      transform: family of the predicted transform (``stn.transform_family``):
+        "affine", "attention" (scale + translation), "similarity" (scale,
+        rotation, translation), "diffeomorphic" (expm of the affine
+        generator), "projective" or "tps" (thin-plate spline, 2-D).
       localization: callable producing features; None for an explicit theta.
       constraints: an ``stn.AffineWarpConstraints`` fixing some affine
         entries (only with ``transform="affine"``).
       align_corners, padding_mode, interpolation: as in ``stn.grid_sample``.
+      control_points: for "tps": an int k (k x k lattice, default 4),
+        ``(rows, cols)`` or an ``[N, 2]`` array of normalised (x, y).
       name: module name.
 
-    Call: ``st(inputs, theta=None, return_theta=False)`` -> ``[B, oh, ow, C]``
+    Call: ``st(inputs, theta=None, return_theta=False)`` -> ``[B, *out_dims, C]``
     (and ``theta`` if asked), in the input's float dtype.
+
+    Example:
+      >>> import sonnet as snt
+      >>> loc = snt.Sequential([snt.Flatten(), snt.Linear(8), tf.nn.relu])
+      >>> st = SpatialTransformer(localization=loc, transform="attention")
+      >>> images = tf.random.normal([2, 16, 16, 1])
+      >>> bool(tf.reduce_all(st(images) == images))   # the identity before training
+      True
     """
 
-    def __init__(self, out_dims=None, transform="affine", localization=None, constraints=None,
-                 align_corners=False, padding_mode="zeros", interpolation="bilinear",
-                 name=None):
+    def __init__(self, out_dims=None, transform: str = "affine", localization=None,
+                 constraints: Optional[stn.AffineWarpConstraints] = None,
+                 align_corners: bool = False, padding_mode: str = "zeros",
+                 interpolation: str = "bilinear", control_points=None,
+                 name: Optional[str] = None):
         super().__init__(name=name)
+        check_option(transform, name="transform", allowed=tuple(stn.TRANSFORMS))
         check_option(padding_mode, name="padding_mode", allowed=stn.PADDING_MODES)
         check_option(interpolation, name="interpolation", allowed=stn.INTERPOLATIONS)
         self.align_corners = check_bool(align_corners, name="align_corners")
-        self.out_dims = check_size(out_dims, name="out_dims")
+        self.out_dims = check_size(out_dims, name="out_dims", ndim=(2, 3))
         if localization is not None and not callable(localization):
             raise TypeError(f"localization must be callable (e.g. an snt.Module); got {localization!r}")
-        self.family = stn.transform_family(transform, constraints=constraints)
         self.transform = transform
         self.constraints = constraints
+        self.control_points = control_points
         self.padding_mode = padding_mode
         self.interpolation = interpolation
         self.localization = localization
-        self.num_params = self.family.num_params
         self.head = None
-        if localization is not None:
-            self.head = snt.Linear(self.num_params, w_init=snt.initializers.Zeros(),
-                                   b_init=_ValuesInit(self.family.identity_params),
-                                   name="theta_head")
+        self.family = None
+        # Check the family now, so that mistakes fail when the model is built;
+        # the input's rank decides 2-D or 3-D on the first call.
+        self._family_for(len(self.out_dims) if self.out_dims else
+                         getattr(constraints, "ndim", 2))
+
+    def _family_for(self, ndim):
+        family = stn.transform_family(self.transform, ndim, constraints=self.constraints,
+                                      control_points=self.control_points)
+        if self.family is not None and self.family.ndim != ndim:
+            raise ValueError(f"this SpatialTransformer was built for {self.family.ndim}-D "
+                             f"inputs; got {ndim}-D")
+        return family
+
+    @property
+    def num_params(self) -> int:
+        """Parameters the localisation head predicts (known once built, 2-D before)."""
+        return (self.family or self._family_for(2)).num_params
 
     def params_to_theta(self, params):
         """The transform family's parameters ``[B, num_params]`` -> theta."""
-        return self.family.theta(params)
+        return (self.family or self._family_for(2)).theta(params)
+
+    def _build(self, inputs):
+        rank = tf.convert_to_tensor(inputs).shape.rank
+        if rank not in (4, 5):
+            raise ValueError(f"inputs must have rank 4 ([B, H, W, C]) or 5 ([B, D, H, W, C]); "
+                             f"got rank {rank}")
+        if self.family is None:
+            self.family = self._family_for(rank - 2)
+        elif self.family.ndim != rank - 2:
+            self._family_for(rank - 2)
 
     def predict_theta(self, inputs):
         """theta predicted by the localisation network for ``inputs``."""
         if self.localization is None:
             raise ValueError("this SpatialTransformer has no localization network: "
                              "pass theta to __call__")
+        self._build(inputs)
+        if self.head is None:
+            self.head = snt.Linear(self.family.num_params, w_init=snt.initializers.Zeros(),
+                                   b_init=_ValuesInit(self.family.identity_params),
+                                   name="theta_head")
         features = self.localization(inputs)
         features = tf.reshape(features, [tf.shape(features)[0], -1])
         built_size = getattr(self.head, "input_size", None)
@@ -100,11 +146,76 @@ class SpatialTransformer(snt.Module):
         if features.shape[-1] is None:
             raise ValueError("localization must produce features with a known size; "
                              f"got shape {features.shape}")
-        return self.params_to_theta(self.head(features))
+        return self.family.theta(self.head(features))
 
-    def __call__(self, inputs, theta=None, return_theta=False):
+    def __call__(self, inputs, theta=None, return_theta: bool = False):
         if theta is None:
             theta = self.predict_theta(inputs)
+        else:
+            self._build(inputs)
         out = self.family.warp(inputs, theta, self.out_dims, align_corners=self.align_corners,
                                padding_mode=self.padding_mode, interpolation=self.interpolation)
         return (out, theta) if return_theta else out
+
+
+@snt.allow_empty_variables
+class Warp(snt.Module):
+    """Warps an image by a dense displacement field: ``stn.warp`` as a module.
+
+    Args:
+      units, align_corners, padding_mode, interpolation: as in ``stn.warp``
+        (default units "pixels", padding "border").
+      name: module name.
+
+    Call: ``Warp()(image, displacement)`` -> the warped image, on the
+    displacement's grid, in the image's dtype.
+
+    Example:
+      >>> image = tf.random.normal([1, 8, 8, 1])
+      >>> bool(tf.reduce_all(Warp()(image, tf.zeros([1, 8, 8, 2])) == image))
+      True
+    """
+
+    def __init__(self, units: str = "pixels", align_corners: bool = False,
+                 padding_mode: str = "border", interpolation: str = "bilinear",
+                 name: Optional[str] = None):
+        super().__init__(name=name)
+        self.units = check_option(units, name="units", allowed=stn.UNITS)
+        self.align_corners = check_bool(align_corners, name="align_corners")
+        self.padding_mode = check_option(padding_mode, name="padding_mode",
+                                         allowed=stn.PADDING_MODES)
+        self.interpolation = check_option(interpolation, name="interpolation",
+                                          allowed=stn.INTERPOLATIONS)
+
+    def __call__(self, image, displacement):
+        return stn.warp(image, displacement, units=self.units, align_corners=self.align_corners,
+                        padding_mode=self.padding_mode, interpolation=self.interpolation)
+
+
+@snt.allow_empty_variables
+class IntegrateVelocity(snt.Module):
+    """Stationary velocity field -> diffeomorphic displacement: ``stn.integrate_velocity``.
+
+    Args:
+      steps: scaling-and-squaring steps (default 7).
+      units, align_corners: as in ``stn.warp``.
+      name: module name.
+
+    Example:
+      >>> v = tf.zeros([1, 8, 8, 2])
+      >>> IntegrateVelocity(steps=5)(v).shape
+      TensorShape([1, 8, 8, 2])
+    """
+
+    def __init__(self, steps: int = 7, units: str = "pixels", align_corners: bool = False,
+                 name: Optional[str] = None):
+        super().__init__(name=name)
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+            raise ValueError(f"steps must be a non-negative integer; got {steps!r}")
+        self.steps = int(steps)
+        self.units = check_option(units, name="units", allowed=stn.UNITS)
+        self.align_corners = check_bool(align_corners, name="align_corners")
+
+    def __call__(self, velocity):
+        return stn.integrate_velocity(velocity, self.steps, units=self.units,
+                                      align_corners=self.align_corners)

@@ -568,7 +568,7 @@ def test_transform_parameterisations():
         [[[s * np.cos(a), -s * np.sin(a), 0.1], [s * np.sin(a), s * np.cos(a), 0.2]]], atol=1e-6)
     np.testing.assert_allclose(stn.rotation_theta(a).numpy(),
                                stn.similarity_theta([[1.0, a, 0.0, 0.0]]).numpy())
-    for name in stn.TRANSFORMS:
+    for name in set(stn.TRANSFORMS) - {"tps"}:   # tps: tests/test_tps.py
         theta = stn.transform_theta(name, [stn.transform_family(name).identity_params])
         eye = np.eye(3)[: theta.shape[1]]
         np.testing.assert_allclose(theta.numpy()[0], eye, atol=1e-7, err_msg=name)
@@ -642,7 +642,7 @@ def test_bad_arguments_name_the_argument(kwargs, match):
 def test_bad_shapes_name_the_argument():
     with pytest.raises(ValueError, match=r"theta must have shape \[B, 6\] or \[B, 2, 3\]"):
         stn.spatial_transformer_network(tf.zeros([2, 4, 4, 1]), tf.zeros([2, 5]))
-    with pytest.raises(ValueError, match=r"input_fmap must have rank 4 \(\[B, H, W, C\]\)"):
+    with pytest.raises(ValueError, match=r"input_fmap must have rank 4 or 5 \(\[B, H, W, C\] or \[B, D, H, W, C\]\)"):
         stn.spatial_transformer_network(tf.zeros([4, 4, 1]), tf.zeros([1, 6]))
     with pytest.raises(ValueError, match="theta must have the same batch size as the image"):
         stn.spatial_transformer_network(tf.zeros([2, 4, 4, 1]), tf.zeros([3, 6]))

@@ -21,6 +21,10 @@ def test_starts_at_identity_for_every_family(transform):
     st = SpatialTransformer(localization=loc_net(), transform=transform)
     out, theta = st(img, return_theta=True)
     np.testing.assert_array_equal(out.numpy(), img.numpy())
+    if transform == "tps":   # theta: the source points, the control points' lattice
+        lattice = stn.control_point_lattice(4).numpy()
+        np.testing.assert_array_equal(theta.numpy(), np.tile(lattice, (3, 1, 1)))
+        return
     rows = theta.shape[1]
     np.testing.assert_allclose(theta.numpy(), np.tile(np.eye(3)[:rows], (3, 1, 1)), atol=1e-7)
 
@@ -77,10 +81,10 @@ def test_learns_a_translation():
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="transform must be one of"):
-        SpatialTransformer(transform="tps")
+        SpatialTransformer(transform="bogus")
     with pytest.raises(ValueError, match="padding_mode must be one of"):
         SpatialTransformer(padding_mode="constant")
-    with pytest.raises(ValueError, match="out_dims must be two positive integers"):
+    with pytest.raises(ValueError, match="out_dims must be two or three positive integers"):
         SpatialTransformer(out_dims=(-1, 3))
     with pytest.raises(TypeError, match="localization must be callable"):
         SpatialTransformer(localization=3)

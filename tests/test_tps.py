@@ -129,7 +129,10 @@ def test_tps_family():
     want = stn.grid_sample(img, stn.tps_grid(stn.control_point_lattice(2, 3),
                                              params.reshape(2, 6, 2), (5, 6)),
                            padding_mode="border")
-    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=1e-6)
+    # Two float32 paths to the same sampling points (a displacement added to
+    # exact pixel centres vs a normalised grid): values of order 1 with
+    # gradients of a few units per pixel.
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=1e-5)
     assert stn.transform_family("tps").num_params == 32     # default 4 x 4 lattice
 
 

@@ -1,0 +1,249 @@
+"""Hand-tuned kernels for ``stn``'s sampler: optimisations of the direct maths in ``stn.py``.
+
+``stn.py`` defines the sampler the most direct way: the taps around each
+point (the 2^n corners for N-linear interpolation, one pixel for nearest,
+16 for bicubic) and their weights, then ``stn._taps``, a masked
+``gather_nd`` whose gradient TensorFlow derives. The functions here compute
+the same numbers faster and with less memory. ``stn`` uses them unless
+``spatial_convention.use_kernels(False)``; ``tests/test_stn_kernels.py``
+compares the two, values and gradients, 2-D and 3-D.
+
+* :func:`staged`: coordinates and sampler as two XLA-compiled functions.
+* :func:`taps`: the weighted gather, its gradient written out.
+* :func:`linear`: N-linear interpolation read from a zero-padded image
+  (no masks), its gradient to the coordinates written out.
+
+Each trick carries a comment saying what it buys; the measurements are in
+``docs/performance.md``. This is the only module of the STN with
+hand-written gradients. Imports only TensorFlow, NumPy and
+``spatial_convention``.
+"""
+import itertools
+
+import tensorflow as tf
+
+import spatial_convention
+
+# The image gradient's scatter-add is split into this many independent
+# scatters over the batch (see _scatter_add_per_image).
+_SCATTER_PARTS = 4
+
+
+def staged(pixels, sample, img, arg, pixel_options, sample_options):
+    """``sample(img, pixels(img, arg))``, as two compiled functions on purpose.
+
+    Exactness: the sampler gets the coordinates as computed values. Inside
+    one XLA computation the coordinate arithmetic would be recomputed in
+    every fusion that uses it, and a multiply-add contracted to an FMA in
+    one fusion but not in another can put the same coordinate on either
+    side of an integer for a corner's index and for its weight: a whole
+    pixel wrong (seen once in ~500k output pixels at 32x128x128x16). From
+    its inputs on, the sampler only rounds exactly (clamp, floor,
+    subtracting the floor), so indices and weights always agree.
+    """
+    coords = spatial_convention.compiled(pixels, img, arg, **pixel_options)
+    return spatial_convention.compiled(sample, img, coords, fast=True, **sample_options)
+
+
+# --------------------------------------------------------------------------
+# Flat pixel rows
+# --------------------------------------------------------------------------
+
+def _sizes(img):
+    """Spatial sizes of ``img`` [B, *spatial, C] in (x, y[, z]) order."""
+    return spatial_convention.shape_list(img)[-2:0:-1]
+
+
+def _batch_index(like):
+    """``[B, 1, ..., 1]`` batch indices broadcasting against ``like``."""
+    return tf.reshape(tf.range(tf.shape(like)[0]), [-1] + [1] * (like.shape.rank - 1))
+
+
+def _flat_rows(batch, positions, sizes):
+    """Row of pixel (b, positions) of an image viewed as ``[B * prod(sizes), C]``.
+
+    ``positions`` and ``sizes`` are listed (x, y[, z]); the image's layout
+    is (z, y, x), x fastest.
+    """
+    row = batch
+    for p, n in zip(reversed(positions), reversed(sizes)):
+        row = row * n + p
+    return row
+
+
+def _clip_int(i, low, high):
+    return tf.minimum(tf.maximum(i, low), high)
+
+
+def _pixel_rows(img):
+    """``[B, *spatial, C]`` -> ``[B * prod(spatial), C]`` (C static when known)."""
+    c = img.shape[-1] if img.shape[-1] is not None else tf.shape(img)[-1]
+    return tf.reshape(img, [-1, c])
+
+
+# --------------------------------------------------------------------------
+# The weighted gather and its gradient
+# --------------------------------------------------------------------------
+
+def _weighted_sum(img, rows, weights):
+    """``sum_k weights[..., k] * img[rows[..., k]]``, ``[B, ..., C]``.
+
+    Unrolled over the K taps: XLA compiles it to one loop, where a
+    reduction over the tap axis ran 10-18x slower (forward only).
+    """
+    gathered = tf.gather(_pixel_rows(img), rows)   # [B, ..., K, C]
+    out = gathered[..., 0, :] * weights[..., 0:1]
+    for k in range(1, rows.shape[-1]):
+        out += gathered[..., k, :] * weights[..., k:k + 1]
+    return out
+
+
+def _scatter_add_per_image(weights, values, rows, shape):
+    """Scatter-add of ``weights[..., k] * values`` at flat ``rows[..., k]``, to ``shape``.
+
+    Done as ``_SCATTER_PARTS`` independent scatters over slices of the
+    batch (each image's rows stay inside its own block): XLA runs a scatter
+    as one serial loop on CPU but runs independent ones side by side. Each
+    part forms its own updates, so no slice of a large tensor is copied.
+
+    Rows of 4k + 3 channels get one zero channel for the scatter: XLA's CPU
+    scatter is faster for 4 channels than for 3 (and 8 than 7); padding
+    other counts lost time.
+    """
+    batch = shape[0]
+    per_image = tf.reduce_prod(shape[1:-1])
+    c = values.shape[-1]
+    extra = 1 if c is not None and c % 4 == 3 else 0
+    if extra:
+        values = tf.concat([values, tf.zeros_like(values[..., :1])], axis=-1)
+    bounds = [batch * i // _SCATTER_PARTS for i in range(_SCATTER_PARTS + 1)]
+    parts = []
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        updates = weights[start:stop, ..., None] * values[start:stop, ..., None, :]
+        parts.append(tf.math.unsorted_segment_sum(
+            updates, rows[start:stop] - start * per_image, (stop - start) * per_image))
+    summed = tf.concat(parts, 0)
+    return tf.reshape(summed[:, :c] if extra else summed, shape)
+
+
+def _weighted_sum_grad(img, rows, weights, g):
+    """Gradients of :func:`_weighted_sum` to img and weights, upstream ``g``.
+
+    The taps are gathered again rather than kept from the forward pass:
+    nothing of size ``[B, ..., K, C]`` lives between the passes.
+    """
+    d_img = _scatter_add_per_image(weights, g, rows, tf.shape(img))
+    gathered = tf.gather(_pixel_rows(img), rows)
+    return d_img, tf.reduce_sum(gathered * g[..., None, :], axis=-1)
+
+
+def taps(img, positions, weights):
+    """``stn._taps`` with its gradient written out: taps outside the image read 0.
+
+    Args:
+      img: ``[B, *spatial, C]``.
+      positions: per axis (x, y[, z]), int32 ``[B, ..., K]`` tap positions.
+      weights: ``[B, ..., K]`` (float).
+
+    Returns:
+      ``[B, ..., C]`` in img's dtype.
+    """
+    sizes = _sizes(img)
+    valid = tf.reduce_all(tf.stack([(p >= 0) & (p < n) for p, n in zip(positions, sizes)]), 0)
+    clipped = [_clip_int(p, 0, n - 1) for p, n in zip(positions, sizes)]
+    rows = _flat_rows(_batch_index(positions[0]), clipped, sizes)
+    weights = tf.cast(weights, img.dtype)
+    # 0 * w rather than 0: a NaN weight (NaN coordinate) stays NaN.
+    weights = tf.where(valid, weights, 0.0 * weights)
+
+    @tf.custom_gradient
+    def gather(img, weights):
+        def grad(g):
+            return _weighted_sum_grad(img, rows, weights, g)
+
+        return _weighted_sum(img, rows, weights), grad
+
+    return gather(img, weights)
+
+
+# --------------------------------------------------------------------------
+# N-linear interpolation
+# --------------------------------------------------------------------------
+
+def linear(img, coords):
+    """``stn``'s N-linear interpolation at pixel coordinates, zero outside.
+
+    The same numbers as ``stn._taps(img, *stn._linear_taps(coords, sizes))``;
+    the gradients are written out.
+
+    * The image is padded with zeros (1 pixel before, 2 after each spatial
+      axis) and coordinates are clamped to [-1, n]: every corner is then
+      inside the padded image, so there are no masks, and no value changes
+      (outside that band all corners are padding).
+    * The corners' weights are built by broadcasting over a last axis of
+      2^n, not by stacking: XLA's CPU concatenation is several times slower
+      than a broadcast.
+    * The gradient to the coordinates is written out: autodiff of the
+      weights kept several more ``[B, ...]`` tensors, and copies of the
+      weights and of the padded image, between the passes.
+
+    Args:
+      img: ``[B, *spatial, C]``.
+      coords: per axis (x, y[, z]), ``[B, *out]`` pixel coordinates (pixel
+        ``i`` centred at ``i``) in a float dtype.
+
+    Returns:
+      ``[B, *out, C]`` in img's dtype.
+    """
+    n = len(coords)
+    dtype = coords[0].dtype
+    sizes = _sizes(img)
+    # Corners with x fastest, as stn._linear_taps lists them; masks[a][k] is
+    # 1 where corner k is on the upper side along axis a.
+    corners = [c[::-1] for c in itertools.product((0.0, 1.0), repeat=n)]
+    masks = [tf.constant([c[a] for c in corners], dtype) for a in range(n)]
+    padded_sizes = [s + 3 for s in sizes]
+    strides = [1]
+    for s in padded_sizes[:-1]:
+        strides.append(strides[-1] * s)
+    offsets = sum(tf.cast(masks[a], tf.int32) * strides[a] for a in range(n))
+
+    @tf.custom_gradient
+    def sample(img, *coords):
+        upper = [tf.cast(s, dtype) for s in sizes]
+        clamped = [tf.clip_by_value(c, -1.0, u) for c, u in zip(coords, upper)]
+        lower = [tf.floor(c) for c in clamped]
+        fractions = [c - f for c, f in zip(clamped, lower)]
+        # Per axis, (1 - f or f) for each corner.
+        factors = [(1.0 - m) + (2.0 * m - 1.0) * f[..., None] for m, f in zip(masks, fractions)]
+        product = factors[0]
+        for f in factors[1:]:
+            product = product * f
+        weights = tf.cast(product, img.dtype)
+        # +1: position in the padded image. The integer clip only matters for
+        # NaN coordinates, whose integer cast is undefined: never read outside.
+        base = [_clip_int(tf.cast(f, tf.int32) + 1, 0, s + 1) for f, s in zip(lower, sizes)]
+        rows = _flat_rows(_batch_index(coords[0]), base, padded_sizes)[..., None] + offsets
+        padded = tf.pad(img, [[0, 0]] + [[1, 2]] * n + [[0, 0]])
+
+        def grad(g):
+            d_padded, d_weights = _weighted_sum_grad(padded, rows, weights, g)
+            d_weights = tf.cast(d_weights, dtype)
+            d_coords = []
+            for a in range(n):
+                # d weight_k / d f_a = (2 m_a - 1) * prod over the other axes.
+                others = 2.0 * masks[a] - 1.0
+                for b in range(n):
+                    if b != a:
+                        others = others * factors[b]
+                d = tf.reduce_sum(d_weights * others, axis=-1)
+                # clip_by_value's gradient: none strictly outside [-1, n].
+                outside = (coords[a] < -1.0) | (coords[a] > upper[a])
+                d_coords.append(tf.where(outside, tf.zeros_like(d), d))
+            inner = tuple([slice(None)] + [slice(1, s + 1) for s in reversed(sizes)]
+                          + [slice(None)])
+            return [d_padded[inner]] + d_coords
+
+        return _weighted_sum(padded, rows, weights), grad
+
+    return sample(img, *coords)
