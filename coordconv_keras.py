@@ -18,6 +18,8 @@ Example:
 >>> tuple(conv.kernel.shape)          # 3 input channels + x, y, r
 (3, 3, 6, 16)
 """
+from __future__ import annotations
+
 import keras
 
 if keras.backend.backend() != "tensorflow":
@@ -37,7 +39,7 @@ _REGISTER = keras.saving.register_keras_serializable(package="spatial_layers")
 _LAYOUTS = {3: "[B, W, C]", 4: "[B, H, W, C]", 5: "[B, D, H, W, C]"}
 
 
-def _channel_axis(data_format):
+def _channel_axis(data_format: str) -> int:
     return -1 if data_format == "channels_last" else 1
 
 
@@ -55,7 +57,8 @@ class AddCoords(keras.layers.Layer):
       array([-1.,  0.,  1.], dtype=float32)
     """
 
-    def __init__(self, with_r=False, align_corners=True, data_format=None, **kwargs):
+    def __init__(self, with_r: bool = False, align_corners: bool = True,
+                 data_format: str | None = None, **kwargs) -> None:
         """Args:
           with_r: also append ``r = sqrt(x^2 + y^2 (+ z^2))``.
           align_corners: True: ``linspace(-1, 1, n)``; False: pixel centres
@@ -71,22 +74,22 @@ class AddCoords(keras.layers.Layer):
                                         name="data_format",
                                         allowed=("channels_last", "channels_first"))
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple) -> None:
         check_rank(tf.TensorSpec(input_shape), name="inputs", ranks=(3, 4, 5),
                    layout="[B, W, C], [B, H, W, C] or [B, D, H, W, C] (or channels first)")
 
-    def call(self, inputs):
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
         return coordconv.add_coords(inputs, self.with_r, align_corners=self.align_corners,
                                     data_format=self.data_format)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
         shape = list(input_shape)
         axis = _channel_axis(self.data_format)
         if shape[axis] is not None:
             shape[axis] += coordconv.num_coord_channels(len(shape) - 2, self.with_r)
         return tuple(shape)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         config.update(with_r=self.with_r, align_corners=self.align_corners,
                       data_format=self.data_format)
@@ -102,12 +105,13 @@ class _CoordConv:
     input's channels plus the coordinate channels.
     """
 
-    def __init__(self, *args, with_r=False, align_corners=True, **kwargs):
+    def __init__(self, *args, with_r: bool = False, align_corners: bool = True,
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.with_r = check_bool(with_r, name="with_r")
         self.align_corners = check_bool(align_corners, name="align_corners")
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple) -> None:
         check_rank(tf.TensorSpec(input_shape), name="inputs", ranks=(self.rank + 2,),
                    layout=_LAYOUTS[self.rank + 2] + " (or channels first)")
         axis = _channel_axis(self.data_format)
@@ -120,12 +124,12 @@ class _CoordConv:
         self.input_spec = keras.layers.InputSpec(ndim=self.rank + 2,
                                                  axes={axis: input_shape[axis]})
 
-    def call(self, inputs):
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
         return super().call(coordconv.add_coords(inputs, self.with_r,
                                                  align_corners=self.align_corners,
                                                  data_format=self.data_format))
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         config.update(with_r=self.with_r, align_corners=self.align_corners)
         return config
@@ -141,6 +145,12 @@ class CoordConv1D(_CoordConv, keras.layers.Conv1D):
     ``use_bias``, initializers, regularizers, constraints), plus keyword-only
     ``with_r=False`` and ``align_corners=True`` (see :class:`AddCoords`).
     The kernel is ``[kw, C + 1 (+1), filters]``.
+
+    Example:
+      >>> import numpy as np
+      >>> conv = CoordConv1D(4, 3, padding="causal", with_r=True)
+      >>> conv(np.zeros((2, 10, 3), "float32")).shape, tuple(conv.kernel.shape)
+      (TensorShape([2, 10, 4]), (3, 5, 4))
     """
 
 
@@ -168,4 +178,10 @@ class CoordConv3D(_CoordConv, keras.layers.Conv3D):
     Arguments: those of ``keras.layers.Conv3D``, plus keyword-only
     ``with_r=False`` and ``align_corners=True``. The kernel is
     ``[kd, kh, kw, C + 3 (+1), filters]``.
+
+    Example:
+      >>> import numpy as np
+      >>> conv = CoordConv3D(4, 3, padding="same")
+      >>> conv(np.zeros((1, 6, 7, 8, 2), "float32")).shape, tuple(conv.kernel.shape)
+      (TensorShape([1, 6, 7, 8, 4]), (3, 3, 3, 5, 4))
     """

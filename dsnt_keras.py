@@ -19,6 +19,8 @@ Example:
 >>> coords.shape, heatmaps.shape
 ((None, 3, 2), (None, 32, 32, 3))
 """
+from __future__ import annotations
+
 import keras
 
 if keras.backend.backend() != "tensorflow":
@@ -57,7 +59,7 @@ class DSNT(keras.layers.Layer):
       array([[0.25, 0.5 ]], dtype=float32)
     """
 
-    def __init__(self, method="softmax", **kwargs):
+    def __init__(self, method: str = "softmax", **kwargs) -> None:
         """Args:
           method: rectification, ``"softmax"`` (default), ``"relu"``, ``"abs"``,
             ``"sigmoid"`` or ``"none"`` (already normalised heatmaps).
@@ -66,14 +68,14 @@ class DSNT(keras.layers.Layer):
         super().__init__(**kwargs)
         self.method = check_option(method, name="method", allowed=dsnt.METHODS)
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple) -> None:
         check_rank(tf.TensorSpec(input_shape), name="inputs", ranks=(3, 4, 5),
                    layout="[B, H, W], [B, H, W, K] or [B, D, H, W, K]")
 
-    def call(self, inputs):
+    def call(self, inputs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         return dsnt.dsnt(inputs, method=self.method)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple) -> tuple[tuple, tuple]:
         batch = input_shape[0]
         if len(input_shape) == 5:                       # volumes: (x, y, z) per channel
             return tuple(input_shape), (batch, input_shape[-1], 3)
@@ -81,7 +83,7 @@ class DSNT(keras.layers.Layer):
             return tuple(input_shape[:3]), (batch, 2)
         return tuple(input_shape), (batch, input_shape[-1], 2)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         config["method"] = self.method
         return config
@@ -94,11 +96,9 @@ class _DSNTLoss(keras.losses.Loss):
     default reduction ``"sum_over_batch_size"`` then gives the mean over all
     points, ``dsnt``'s ``reduction="mean"``. A ``sample_weight`` of the
     per-point shape with ``reduction="mean_with_sample_weight"`` gives
-    ``dsnt``'s masked mean for finite targets.
+    ``dsnt``'s masked mean for finite targets. ``reduction``, ``name`` and
+    ``dtype`` are ``keras.losses.Loss``'s.
     """
-
-    def __init__(self, reduction="sum_over_batch_size", name=None, dtype=None):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
 
 
 @_REGISTER
@@ -113,7 +113,7 @@ class EuclideanLoss(_DSNTLoss):
       0.5
     """
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
         return dsnt.euclidean_loss(y_pred, y_true, reduction="none")
 
 
@@ -126,7 +126,7 @@ class MSELoss(_DSNTLoss):
       0.125
     """
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
         return dsnt.mse_loss(y_pred, y_true, reduction="none")
 
 
@@ -139,19 +139,20 @@ class L1Loss(_DSNTLoss):
       0.35
     """
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
         return dsnt.l1_loss(y_pred, y_true, reduction="none")
 
 
 class _RegLoss(_DSNTLoss):
     """A divergence regulariser: target coordinates (``y_true``) vs heatmaps (``y_pred``)."""
 
-    def __init__(self, fwhm=1.0, reduction="sum_over_batch_size", name=None, dtype=None):
+    def __init__(self, fwhm: float = 1.0, reduction: str = "sum_over_batch_size",
+                 name: str | None = None, dtype=None) -> None:
         super().__init__(reduction=reduction, name=name, dtype=dtype)
         check_positive(fwhm, name="fwhm", dtype=tf.float32)
         self.fwhm = float(fwhm)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         config["fwhm"] = self.fwhm
         return config
@@ -175,7 +176,7 @@ class JSRegLoss(_RegLoss):
       0.1848
     """
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
         return dsnt.js_reg_loss(y_pred, y_true, fwhm=self.fwhm, reduction="none")
 
 
@@ -183,10 +184,16 @@ class JSRegLoss(_RegLoss):
 class KLRegLoss(_RegLoss):
     """KL divergence of heatmaps from Gaussians at the targets: ``dsnt.kl_reg_loss``.
 
-    Arguments and shapes as :class:`JSRegLoss`.
+    Arguments and shapes as :class:`JSRegLoss`. Unbounded: large where a
+    heatmap has mass far from its target.
+
+    Example:
+      >>> target = dsnt.make_gauss([[0.0, 0.0]], (5, 5), fwhm=2)        # [1, 5, 5]
+      >>> float(KLRegLoss(fwhm=2)([[0.0, 0.0]], target))
+      0.0
     """
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
         return dsnt.kl_reg_loss(y_pred, y_true, fwhm=self.fwhm, reduction="none")
 
 
@@ -195,8 +202,16 @@ class VarianceRegLoss(_RegLoss):
     """Squared error of the heatmaps' variance against the target's: ``dsnt.variance_reg_loss``.
 
     ``y_pred`` the DSNT heatmaps; ``y_true`` (the target coordinates) is
-    accepted for Keras's contract and not used. ``fwhm`` in pixels.
+    accepted for Keras's contract and not used. Per point, the sum over x
+    and y of ``(variance in px^2 - sigma^2)^2``, ``sigma`` from ``fwhm`` in
+    pixels.
+
+    Example:
+      >>> import numpy as np
+      >>> uniform = np.full((1, 4, 4), 1 / 16, "float32")   # variance (4^2 - 1) / 12 = 1.25 px^2
+      >>> float(VarianceRegLoss(fwhm=dsnt.sigma_to_fwhm(1.0))([[0.0, 0.0]], uniform))   # 2 * 0.25^2
+      0.125
     """
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
         return dsnt.variance_reg_loss(y_pred, fwhm=self.fwhm, reduction="none")

@@ -16,6 +16,10 @@ Example (a localisation network whose last layer starts at the identity):
 >>> warped.shape
 (None, 20, 20, 1)
 """
+from __future__ import annotations
+
+from typing import Sequence
+
 import keras
 
 if keras.backend.backend() != "tensorflow":
@@ -33,7 +37,7 @@ __all__ = ["SpatialTransformer", "GridSample"]
 _IMAGES = "[B, H, W, C] or [B, D, H, W, C]"
 
 
-def _spatial_rank(images_shape):
+def _spatial_rank(images_shape: tuple) -> int:
     """Number of spatial axes of ``images`` (2 for images, 3 for volumes)."""
     return check_rank(tf.TensorSpec(images_shape), name="images", ranks=(4, 5), layout=_IMAGES) - 2
 
@@ -42,8 +46,11 @@ def _spatial_rank(images_shape):
 class SpatialTransformer(keras.layers.Layer):
     """Warps images by a transform: ``stn.spatial_transformer_network`` as a Keras layer.
 
-    Called as ``layer(images, theta)`` it warps by the given ``theta``. With a
-    ``localization`` network it predicts theta itself, ``layer(images)``: a
+    ``theta`` maps output to input coordinates, both normalised (x, y) from
+    -1 to 1 across the image (``spatial_convention.py``): ``out(p) =
+    in(theta p)``. Called as ``layer(images, theta)`` the layer warps by the
+    given ``theta``. With a ``localization`` network it predicts theta
+    itself, ``layer(images)``: a
     final ``Dense`` (created here) maps the flattened features to the
     transform family's parameters, with a zero kernel and the identity
     transform's parameters as bias, so before training the layer returns its
@@ -61,9 +68,12 @@ class SpatialTransformer(keras.layers.Layer):
              [5., 6.]], dtype=float32)
     """
 
-    def __init__(self, localization=None, transform="affine", out_dims=None, *,
-                 align_corners=False, padding_mode="zeros", interpolation="bilinear",
-                 constraints=None, return_theta=False, **kwargs):
+    def __init__(self, localization: keras.layers.Layer | None = None,
+                 transform: str = "affine", out_dims: Sequence[int] | None = None, *,
+                 align_corners: bool = False, padding_mode: str = "zeros",
+                 interpolation: str = "bilinear",
+                 constraints: stn.AffineWarpConstraints | Sequence | None = None,
+                 return_theta: bool = False, **kwargs) -> None:
         """Stores and checks the configuration.
 
         Args:
@@ -82,9 +92,9 @@ class SpatialTransformer(keras.layers.Layer):
           **kwargs: Keras's layer arguments (``name``, ``dtype``, ...).
 
         Call: ``images`` ``[B, H, W, C]`` (and ``theta`` ``[B, 6]``,
-        ``[B, 2, 3]``, ``[B, 8]`` or ``[B, 3, 3]``) -> ``[B, oh, ow, C]``, and
-        with ``return_theta`` the transform too (``[B, 2, 3]`` or ``[B, 3, 3]``
-        from the head).
+        ``[B, 2, 3]``, ``[B, 8]`` or ``[B, 3, 3]``) -> ``[B, oh, ow, C]`` in
+        the policy's compute dtype, and with ``return_theta`` the transform
+        too (``[B, 2, 3]`` or ``[B, 3, 3]`` from the head).
         """
         super().__init__(**kwargs)
         if constraints is not None and not isinstance(constraints, stn.AffineWarpConstraints):
@@ -107,18 +117,19 @@ class SpatialTransformer(keras.layers.Layer):
         self.return_theta = check_bool(return_theta, name="return_theta")
         self.head = None
 
-    def _spatial_rank(self, images_shape):
+    def _check_images(self, images_shape: tuple) -> int:
+        """Number of spatial axes, checked against ``out_dims``."""
         ndim = _spatial_rank(images_shape)
         if self.out_dims is not None and len(self.out_dims) != ndim:
             raise ValueError(f"out_dims must have {ndim} sizes for images of shape "
                              f"{images_shape}; got {self.out_dims}")
         return ndim
 
-    def _family(self, images_shape):
-        ndim = self._spatial_rank(images_shape)
+    def _family(self, images_shape: tuple) -> stn.TransformFamily:
+        ndim = self._check_images(images_shape)
         return stn.transform_family(self.transform, ndim, constraints=self.constraints)
 
-    def build(self, images_shape, theta_shape=None):
+    def build(self, images_shape: tuple, theta_shape: tuple | None = None) -> None:
         self.family = self._family(images_shape)
         if theta_shape is not None:
             return
@@ -135,7 +146,7 @@ class SpatialTransformer(keras.layers.Layer):
         self.head.build((None, int(tf.TensorShape(features).num_elements())))
         self.head.bias.assign(self.family.identity_params)
 
-    def call(self, images, theta=None):
+    def call(self, images: tf.Tensor, theta: tf.Tensor | None = None):
         if theta is None:
             if self.head is None:
                 raise ValueError("this SpatialTransformer was built with theta given; "
@@ -147,8 +158,8 @@ class SpatialTransformer(keras.layers.Layer):
                                padding_mode=self.padding_mode, interpolation=self.interpolation)
         return (out, tf.cast(theta, self.compute_dtype)) if self.return_theta else out
 
-    def compute_output_shape(self, images_shape, theta_shape=None):
-        self._spatial_rank(images_shape)
+    def compute_output_shape(self, images_shape: tuple, theta_shape: tuple | None = None):
+        self._check_images(images_shape)
         spatial = self.out_dims or tuple(images_shape[1:-1])
         out = (images_shape[0], *spatial, images_shape[-1])
         if not self.return_theta:
@@ -159,7 +170,7 @@ class SpatialTransformer(keras.layers.Layer):
                 theta_shape = family.theta(tf.zeros([1, family.num_params])).shape
         return out, (images_shape[0], *theta_shape[1:])
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         config.update(
             localization=(None if self.localization is None
@@ -175,7 +186,7 @@ class SpatialTransformer(keras.layers.Layer):
         return config
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict) -> SpatialTransformer:
         config = dict(config)
         if config.get("localization") is not None:
             config["localization"] = keras.saving.deserialize_keras_object(config["localization"])
@@ -199,8 +210,8 @@ class GridSample(keras.layers.Layer):
       array([[[1.5, 1. ]]], dtype=float32)
     """
 
-    def __init__(self, *, align_corners=False, padding_mode="zeros", interpolation="bilinear",
-                 **kwargs):
+    def __init__(self, *, align_corners: bool = False, padding_mode: str = "zeros",
+                 interpolation: str = "bilinear", **kwargs) -> None:
         """Args: ``align_corners``, ``padding_mode``, ``interpolation`` as in
         ``stn.grid_sample``; ``**kwargs`` Keras's layer arguments."""
         super().__init__(**kwargs)
@@ -210,17 +221,17 @@ class GridSample(keras.layers.Layer):
         self.interpolation = check_option(interpolation, name="interpolation",
                                           allowed=stn.INTERPOLATIONS)
 
-    def build(self, images_shape, grid_shape):
+    def build(self, images_shape: tuple, grid_shape: tuple) -> None:
         _spatial_rank(images_shape)
 
-    def call(self, images, grid):
+    def call(self, images: tf.Tensor, grid: tf.Tensor) -> tf.Tensor:
         return stn.grid_sample(images, grid, align_corners=self.align_corners,
                                padding_mode=self.padding_mode, interpolation=self.interpolation)
 
-    def compute_output_shape(self, images_shape, grid_shape):
+    def compute_output_shape(self, images_shape: tuple, grid_shape: tuple) -> tuple:
         return (images_shape[0], *grid_shape[1:-1], images_shape[-1])
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         config.update(align_corners=self.align_corners, padding_mode=self.padding_mode,
                       interpolation=self.interpolation)
