@@ -48,6 +48,18 @@ def test_add_coords_channels_first():
     assert layer.compute_output_shape((None, 3, 4, 5)) == (None, 6, 4, 5)
 
 
+def test_unknown_spatial_sizes():
+    inputs = keras.Input((None, None, 2))
+    conv = CoordConv2D(3, 3, padding="same", with_r=True)
+    model = keras.Model(inputs, {"conv": conv(inputs), "added": AddCoords()(inputs)})
+    for shape in ((2, 5, 7, 2), (1, 8, 3, 2)):
+        x = RNG.standard_normal(shape).astype(np.float32)
+        got = model.predict(x, verbose=0)
+        np.testing.assert_array_equal(got["added"], coordconv.add_coords(x).numpy())
+        want = coordconv.coord_conv2d(x, conv.kernel, with_r=True) + conv.bias
+        np.testing.assert_allclose(got["conv"], want.numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_coordinates_by_hand():
     """x along the width, y along the height, -1 to 1 corner to corner (the paper)."""
     out = AddCoords(with_r=True)(np.zeros((1, 2, 3, 1), np.float32)).numpy()[0]
@@ -116,8 +128,10 @@ def test_every_convolution_argument_survives_the_config():
         (True, False, (3, 5), (1, 2))
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(conv))
     assert type(restored) is CoordConv2D and restored.get_config() == config
-    layer = AddCoords(with_r=True, align_corners=False)
-    assert AddCoords.from_config(layer.get_config()).get_config() == layer.get_config()
+    layer = AddCoords(with_r=True, align_corners=False, data_format="channels_first")
+    clone = AddCoords.from_config(layer.get_config())
+    assert (clone.with_r, clone.align_corners, clone.data_format) == \
+        (True, False, "channels_first")
 
 
 def coordconv_model():

@@ -60,6 +60,17 @@ def test_compute_output_shape_is_the_symbolic_shape_of_the_functional_dsnt(shape
     assert tuple(s.shape for s in symbolic) == tuple(tuple(t.shape) for t in traced)
 
 
+def test_unknown_sizes_in_a_compiled_model():
+    inputs = keras.Input((None, None, 3))
+    heatmaps, coords = DSNT("relu")(inputs)
+    model = keras.Model(inputs, {"heatmaps": heatmaps, "coords": coords})
+    for shape in ((2, 5, 7, 3), (4, 9, 3, 3)):
+        x = logits(shape)
+        got, want = model.predict(x, verbose=0), dsnt.dsnt(x, method="relu")
+        np.testing.assert_array_equal(got["heatmaps"], want[0].numpy())
+        np.testing.assert_array_equal(got["coords"], want[1].numpy())
+
+
 def test_volumes_compute_their_output_shape():
     """[B, D, H, W, K] -> the same and (x, y, z) per point (DESIGN.md)."""
     assert DSNT().compute_output_shape((None, 4, 5, 6, 3)) == ((None, 4, 5, 6, 3), (None, 3, 3))
@@ -127,13 +138,18 @@ def test_point_sample_weights_give_the_masked_mean():
                                float(dsnt.js_reg_loss(heatmaps, true, 2, mask=mask)), rtol=1e-6)
 
 
-def test_loss_configs_round_trip():
+def test_configs_round_trip():
+    layer = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(DSNT("sigmoid", name="d")))
+    assert type(layer) is DSNT and (layer.method, layer.name) == ("sigmoid", "d")
     for loss in (EuclideanLoss(name="e"), MSELoss(reduction="sum"), L1Loss(),
                  JSRegLoss(fwhm=3), KLRegLoss(fwhm=0.5, name="kl"),
                  VarianceRegLoss(fwhm=2, reduction="none")):
         restored = keras.losses.deserialize(keras.losses.serialize(loss))
         assert type(restored) is type(loss) and restored.get_config() == loss.get_config()
-    assert JSRegLoss(fwhm=3).get_config()["fwhm"] == 3.0
+        assert (restored.name, restored.reduction) == (loss.name, loss.reduction)
+        assert getattr(restored, "fwhm", None) == getattr(loss, "fwhm", None)
+    assert KLRegLoss(fwhm=0.5).fwhm == 0.5
 
 
 # --------------------------------------------------------------------------

@@ -148,6 +148,21 @@ def test_compute_output_shape_matches_the_outputs():
         assert got == want
 
 
+def test_unknown_spatial_sizes():
+    """One model, images of two sizes: a pooled localization gives features of a static size."""
+    inputs = keras.Input((None, None, 2))
+    loc = keras.Sequential([keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D()])
+    st = SpatialTransformer(loc, "attention", return_theta=True)
+    warped, theta = st(inputs)
+    assert warped.shape == (None, None, None, 2) and theta.shape == (None, 2, 3)
+    model = keras.Model(inputs, warped)
+    perturb(st.head)
+    for shape in ((2, 9, 7, 2), (3, 12, 16, 2)):
+        x = images(shape)
+        want = stn.spatial_transformer_network(x, st(x)[1])
+        np.testing.assert_array_equal(model.predict(x, verbose=0), want.numpy())
+
+
 def test_volumes_compute_their_output_shape():
     st = SpatialTransformer(out_dims=(4, 5, 6))
     assert st.compute_output_shape((None, 8, 8, 8, 2), (None, 3, 4)) == (None, 4, 5, 6, 2)
@@ -218,12 +233,17 @@ def test_config_round_trip():
     config = st.get_config()
     clone = SpatialTransformer.from_config(config)
     assert clone.get_config() == config
+    for name in ("transform", "out_dims", "align_corners", "padding_mode", "interpolation",
+                 "return_theta", "name"):
+        assert getattr(clone, name) == getattr(st, name), name
     assert clone.constraints.constraints == st.constraints.constraints
     assert isinstance(clone.localization, keras.Sequential)
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(st))
     assert type(restored) is SpatialTransformer and restored.out_dims == (5, 6)
-    grid = GridSample(padding_mode="border", interpolation="bicubic")
-    assert GridSample.from_config(grid.get_config()).get_config() == grid.get_config()
+    grid = GridSample(align_corners=True, padding_mode="border", interpolation="bicubic")
+    clone = GridSample.from_config(grid.get_config())
+    assert (clone.align_corners, clone.padding_mode, clone.interpolation) == \
+        (True, "border", "bicubic")
 
 
 def stn_model():
