@@ -3,7 +3,10 @@
     python -m tests.nbrun [--inplace] [--timeout S] NOTEBOOK.ipynb
 
 With --inplace the executed notebook (outputs and figures) replaces the file,
-which is how the committed notebooks are produced (`./run.sh demos`).
+which is how the committed notebooks are produced (`./run.sh demos`). The test
+suite runs the notebooks with SPATIAL_DEMO_QUICK=1 in the environment, which
+the kernel inherits: notebooks that read it train on less data for fewer
+epochs.
 """
 import argparse
 import os
@@ -42,7 +45,10 @@ def execute(path, inplace=False, timeout=900, out_path=None):
     """Runs every cell of `path` in a fresh kernel; raises on the first error."""
     nb = nbformat.read(path, as_version=4)
     workdir = os.path.dirname(os.path.abspath(path))
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+    # coalesce_streams: a cell's stream outputs become one, with the text that
+    # carriage returns and backspaces overwrite removed, as a notebook front end
+    # shows it (Keras's progress bar redraws itself with them at every step).
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", coalesce_streams=True,
                             resources={"metadata": {"path": workdir}})
     start = time.time()
     client.execute()

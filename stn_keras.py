@@ -1,0 +1,239 @@
+"""Keras 3 layers for spatial transformers; all maths lives in ``stn.py``.
+
+The layers hold configuration and variables and make one call into
+:mod:`stn` (TensorFlow backend only). Coordinates follow the project's one
+convention (``spatial_convention.py``): normalised (x, y) from -1 to 1
+across the image, ``theta`` maps output to input coordinates.
+
+Example (a localisation network whose last layer starts at the identity):
+
+>>> import keras
+>>> from stn_keras import SpatialTransformer
+>>> images = keras.Input((28, 28, 1))
+>>> loc = keras.Sequential([keras.layers.Conv2D(8, 5, strides=2, activation="relu"),
+...                         keras.layers.Flatten(), keras.layers.Dense(32, activation="relu")])
+>>> warped = SpatialTransformer(loc, "affine", out_dims=(20, 20))(images)
+>>> warped.shape
+(None, 20, 20, 1)
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+
+if keras.backend.backend() != "tensorflow":
+    raise ImportError(
+        "stn_keras needs Keras's TensorFlow backend (its layers call TensorFlow functions); "
+        f"got KERAS_BACKEND={keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow.")
+
+import tensorflow as tf
+
+import stn
+from spatial_convention import check_bool, check_option, check_rank, check_size
+
+__all__ = ["SpatialTransformer", "GridSample"]
+
+_IMAGES = "[B, H, W, C] or [B, D, H, W, C]"
+
+
+def _spatial_rank(images_shape: tuple) -> int:
+    """Number of spatial axes of ``images`` (2 for images, 3 for volumes)."""
+    return check_rank(tf.TensorSpec(images_shape), name="images", ranks=(4, 5), layout=_IMAGES) - 2
+
+
+@keras.saving.register_keras_serializable(package="spatial_layers")
+class SpatialTransformer(keras.layers.Layer):
+    """Warps images by a transform: ``stn.spatial_transformer_network`` as a Keras layer.
+
+    ``theta`` maps output to input coordinates, both normalised (x, y) from
+    -1 to 1 across the image (``spatial_convention.py``): ``out(p) =
+    in(theta p)``. Called as ``layer(images, theta)`` the layer warps by the
+    given ``theta``. With a ``localization`` network it predicts theta
+    itself, ``layer(images)``: a
+    final ``Dense`` (created here) maps the flattened features to the
+    transform family's parameters, with a zero kernel and the identity
+    transform's parameters as bias, so before training the layer returns its
+    input exactly. That head computes in float32 under a mixed policy
+    (its variable dtype): float16 keeps 11 significant bits, so a float16
+    theta would move samples by up to 5e-4 normalised units per entry.
+    Outputs follow the layer's dtype policy.
+
+    Example:
+      >>> import numpy as np
+      >>> st = SpatialTransformer(out_dims=(2, 2), align_corners=True)
+      >>> img = np.arange(9, dtype="float32").reshape(1, 3, 3, 1)
+      >>> zoom = np.array([[0.5, 0, 0, 0, 0.5, 0]], "float32")  # the centre, 2x
+      >>> st(img, zoom)[0, ..., 0].numpy()
+      array([[2., 3.],
+             [5., 6.]], dtype=float32)
+    """
+
+    def __init__(self, localization: keras.layers.Layer | None = None,
+                 transform: str = "affine", out_dims: Sequence[int] | None = None, *,
+                 align_corners: bool = False, padding_mode: str = "zeros",
+                 interpolation: str = "bilinear",
+                 constraints: stn.AffineWarpConstraints | Sequence | None = None,
+                 return_theta: bool = False, **kwargs) -> None:
+        """Stores and checks the configuration.
+
+        Args:
+          localization: a Keras layer or model mapping ``images`` to features
+            ``[B, ...]`` of a static size; None to pass ``theta`` to the call.
+          transform: the family the head predicts: "affine" (6 parameters),
+            "attention" (s, tx, ty), "similarity" (s, angle, tx, ty),
+            "diffeomorphic" (expm of the affine generator) or "projective"
+            (8 parameters); see ``stn.transform_family``.
+          out_dims: ``(height, width)`` (``(depth, height, width)`` for
+            volumes) of the output; default the input's.
+          align_corners, padding_mode, interpolation: as in ``stn.grid_sample``.
+          constraints: an ``stn.AffineWarpConstraints`` (or its 2x3 pattern
+            of numbers and None) fixing some affine entries; affine only.
+          return_theta: also return the transform used.
+          **kwargs: Keras's layer arguments (``name``, ``dtype``, ...).
+
+        Call: ``images`` ``[B, H, W, C]`` (and ``theta`` ``[B, 6]``,
+        ``[B, 2, 3]``, ``[B, 8]`` or ``[B, 3, 3]``) -> ``[B, oh, ow, C]`` in
+        the policy's compute dtype, and with ``return_theta`` the transform
+        too (``[B, 2, 3]`` or ``[B, 3, 3]`` from the head).
+        """
+        super().__init__(**kwargs)
+        if constraints is not None and not isinstance(constraints, stn.AffineWarpConstraints):
+            constraints = stn.AffineWarpConstraints(constraints)
+        stn.transform_family(transform, constraints=constraints)   # checks the two together
+        if localization is not None and not isinstance(localization, keras.layers.Layer):
+            raise TypeError("localization must be a Keras layer or model (or None); "
+                            f"got {localization!r}")
+        self.localization = localization
+        self.transform = transform
+        self.out_dims = check_size(out_dims, name="out_dims", ndim=(2, 3))
+        if self.out_dims is not None and not all(isinstance(n, int) for n in self.out_dims):
+            raise ValueError(f"out_dims must be Python ints in a Keras layer; got {out_dims!r}")
+        self.align_corners = check_bool(align_corners, name="align_corners")
+        self.padding_mode = check_option(padding_mode, name="padding_mode",
+                                         allowed=stn.PADDING_MODES)
+        self.interpolation = check_option(interpolation, name="interpolation",
+                                          allowed=stn.INTERPOLATIONS)
+        self.constraints = constraints
+        self.return_theta = check_bool(return_theta, name="return_theta")
+        self.head = None
+
+    def _check_images(self, images_shape: tuple) -> int:
+        """Number of spatial axes, checked against ``out_dims``."""
+        ndim = _spatial_rank(images_shape)
+        if self.out_dims is not None and len(self.out_dims) != ndim:
+            raise ValueError(f"out_dims must have {ndim} sizes for images of shape "
+                             f"{images_shape}; got {self.out_dims}")
+        return ndim
+
+    def _family(self, images_shape: tuple) -> stn.TransformFamily:
+        ndim = self._check_images(images_shape)
+        return stn.transform_family(self.transform, ndim, constraints=self.constraints)
+
+    def build(self, images_shape: tuple, theta_shape: tuple | None = None) -> None:
+        self.family = self._family(images_shape)
+        if theta_shape is not None:
+            return
+        if self.localization is None:
+            raise ValueError("a SpatialTransformer without a localization network needs theta: "
+                             "call it as layer(images, theta)")
+        # A symbolic call builds any layer or model and gives its output shape.
+        features = self.localization(keras.KerasTensor(images_shape, self.compute_dtype)).shape[1:]
+        if None in features:
+            raise ValueError("localization must produce features of a static size; "
+                             f"got shape {(None, *features)}")
+        self.head = keras.layers.Dense(self.family.num_params, kernel_initializer="zeros",
+                                       dtype=self.variable_dtype, name="theta_head")
+        self.head.build((None, int(tf.TensorShape(features).num_elements())))
+        self.head.bias.assign(self.family.identity_params)
+
+    def call(self, images: tf.Tensor, theta: tf.Tensor | None = None):
+        if theta is None:
+            if self.head is None:
+                raise ValueError("this SpatialTransformer was built with theta given; "
+                                 "call it as layer(images, theta)")
+            features = self.localization(images)
+            features = tf.reshape(features, [-1, self.head.kernel.shape[0]])
+            theta = self.family.theta(self.head(features))
+        out = self.family.warp(images, theta, self.out_dims, align_corners=self.align_corners,
+                               padding_mode=self.padding_mode, interpolation=self.interpolation)
+        return (out, tf.cast(theta, self.compute_dtype)) if self.return_theta else out
+
+    def compute_output_shape(self, images_shape: tuple, theta_shape: tuple | None = None):
+        self._check_images(images_shape)
+        spatial = self.out_dims or tuple(images_shape[1:-1])
+        out = (images_shape[0], *spatial, images_shape[-1])
+        if not self.return_theta:
+            return out
+        if theta_shape is None:
+            family = self._family(images_shape)
+            with tf.init_scope():   # the family's own theta shape, e.g. [B, 2, 3]
+                theta_shape = family.theta(tf.zeros([1, family.num_params])).shape
+        return out, (images_shape[0], *theta_shape[1:])
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            localization=(None if self.localization is None
+                          else keras.saving.serialize_keras_object(self.localization)),
+            transform=self.transform,
+            out_dims=self.out_dims,
+            align_corners=self.align_corners,
+            padding_mode=self.padding_mode,
+            interpolation=self.interpolation,
+            constraints=(None if self.constraints is None
+                         else [list(row) for row in self.constraints.constraints]),
+            return_theta=self.return_theta)
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict) -> SpatialTransformer:
+        config = dict(config)
+        if config.get("localization") is not None:
+            config["localization"] = keras.saving.deserialize_keras_object(config["localization"])
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="spatial_layers")
+class GridSample(keras.layers.Layer):
+    """Samples images at a grid of normalised points: ``stn.grid_sample`` as a Keras layer.
+
+    PyTorch's ``grid_sample`` in NHWC: ``layer(images, grid)`` with images
+    ``[B, H, W, C]`` and ``grid`` ``[B, Ho, Wo, 2]`` of normalised (x, y)
+    gives ``[B, Ho, Wo, C]`` (volumes: ``[B, D, H, W, C]`` with
+    ``[B, Do, Ho, Wo, 3]`` of (x, y, z), where the core supports them).
+
+    Example:
+      >>> import numpy as np
+      >>> img = np.arange(4, dtype="float32").reshape(1, 2, 2, 1)
+      >>> grid = np.array([[[[0.0, 0.0], [1.0, -1.0]]]], "float32")  # centre, top-right corner
+      >>> GridSample(align_corners=True)(img, grid)[..., 0].numpy()
+      array([[[1.5, 1. ]]], dtype=float32)
+    """
+
+    def __init__(self, *, align_corners: bool = False, padding_mode: str = "zeros",
+                 interpolation: str = "bilinear", **kwargs) -> None:
+        """Args: ``align_corners``, ``padding_mode``, ``interpolation`` as in
+        ``stn.grid_sample``; ``**kwargs`` Keras's layer arguments."""
+        super().__init__(**kwargs)
+        self.align_corners = check_bool(align_corners, name="align_corners")
+        self.padding_mode = check_option(padding_mode, name="padding_mode",
+                                         allowed=stn.PADDING_MODES)
+        self.interpolation = check_option(interpolation, name="interpolation",
+                                          allowed=stn.INTERPOLATIONS)
+
+    def build(self, images_shape: tuple, grid_shape: tuple) -> None:
+        _spatial_rank(images_shape)
+
+    def call(self, images: tf.Tensor, grid: tf.Tensor) -> tf.Tensor:
+        return stn.grid_sample(images, grid, align_corners=self.align_corners,
+                               padding_mode=self.padding_mode, interpolation=self.interpolation)
+
+    def compute_output_shape(self, images_shape: tuple, grid_shape: tuple) -> tuple:
+        return (images_shape[0], *grid_shape[1:-1], images_shape[-1])
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(align_corners=self.align_corners, padding_mode=self.padding_mode,
+                      interpolation=self.interpolation)
+        return config
