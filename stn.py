@@ -168,8 +168,8 @@ def _theta_ndim(theta):
     shape = theta.shape
     if shape.rank == 2:
         return {6: 2, 8: 2, 12: 3, 15: 3}.get(shape[-1])
-    if shape.rank == 3:
-        return {(2, 3): 2, (3, 3): 2, (3, 4): 3, (4, 4): 3}.get(tuple(shape[1:]))
+    if shape.rank == 3:   # n + 1 columns; n or n + 1 rows
+        return {3: 2, 4: 3}.get(shape[2]) or {2: 2, 4: 3}.get(shape[1])
     return None
 
 
@@ -183,14 +183,15 @@ def _theta_matrix(theta, ndim=None, name="theta"):
     implied = _theta_ndim(theta)
     n = ndim or implied or 2
     shape = theta.shape
-    if implied == n:
+    known = shape.rank in (2, 3) and None not in shape[1:]
+    if known and implied == n:
         if shape.rank == 2:
             if shape[-1] == n * (n + 1):
                 return tf.reshape(theta, [-1, n, n + 1]), False
             return tf.reshape(tf.concat([theta, tf.ones_like(theta[:, :1])], 1),
                               [-1, n + 1, n + 1]), True
         return theta, shape[1] == n + 1
-    if implied is None and shape.rank in (2, 3) and None in shape[1:]:
+    if not known and shape.rank in (2, 3) and implied in (None, n):
         return _dynamic_homography(theta, n, name), True
     raise ValueError(f"{name} must have shape {_theta_forms(n)} for {n}-D inputs; got {shape}")
 
@@ -1048,7 +1049,7 @@ def rotation_theta(angle: TensorLike, scale: float = 1.0,
               [ 1.,  0.,  0.]]], dtype=float32)
     """
     angle = as_float_tensor(angle, name="angle", allow_bool=False)
-    if angle.shape.rank not in (0, 1, 2) or (angle.shape.rank == 2 and angle.shape[-1] != 3):
+    if angle.shape.rank not in (0, 1, 2) or (angle.shape.rank == 2 and angle.shape[-1] not in (None, 3)):
         raise ValueError(f"angle must be a scalar or [B] angles (2-D), or [B, 3] axis-angle "
                          f"vectors (3-D); got shape {angle.shape}")
     if angle.shape.rank < 2:
@@ -1156,9 +1157,9 @@ def projective_theta(params: TensorLike, ndim: Optional[int] = None) -> tf.Tenso
     return tf.reshape(tf.concat([params, tf.ones_like(params[:, :1])], axis=1), [-1, n + 1, n + 1])
 
 
-def _homogeneous(theta, name):
+def _homogeneous(theta, name, ndim=None):
     """theta -> (``[B, n + 1, n + 1]``, projective)."""
-    matrix, projective = _theta_matrix(theta, name=name)
+    matrix, projective = _theta_matrix(theta, ndim, name=name)
     if projective:
         return matrix, True
     n = matrix.shape[1]
@@ -1199,11 +1200,11 @@ def compose_affine(first: TensorLike, second: TensorLike) -> tf.Tensor:
       array([[[0.25, 0.  , 0.  ],
               [0.  , 0.25, 0.  ]]], dtype=float32)
     """
-    a, pa = _homogeneous(first, "first")
-    b, pb = _homogeneous(second, "second")
-    if a.shape[1] is not None and b.shape[1] is not None and a.shape[1] != b.shape[1]:
-        raise ValueError(f"first and second must be transforms of the same dimension; got "
-                         f"{a.shape[1] - 1}-D and {b.shape[1] - 1}-D")
+    first = as_float_tensor(first, name="first", allow_bool=False)
+    second = as_float_tensor(second, name="second", allow_bool=False)
+    ndim = _theta_ndim(first) or _theta_ndim(second)
+    a, pa = _homogeneous(first, "first", ndim)
+    b, pb = _homogeneous(second, "second", ndim)
     product = tf.matmul(a, tf.cast(b, a.dtype))
     if pa or pb:
         return product / product[:, -1:, -1:]
