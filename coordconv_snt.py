@@ -15,10 +15,11 @@ Example:
 
 import numbers
 
-import sonnet as snt
 
 import coordconv
-from spatial_convention import as_float_tensor, check_bool
+from spatial_convention import as_float_tensor, check_bool, require
+
+snt = require("sonnet", by="coordconv_snt", extra="sonnet")
 
 __all__ = ["CoordConv1D", "CoordConv2D", "CoordConv3D"]
 

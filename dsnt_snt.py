@@ -5,10 +5,11 @@ Example:
   >>> norm_heatmaps, coords = DSNT()(my_tensor)          # [B, H, W], [B, 2]
   >>> norm_heatmaps, coords = DSNT(method="relu")(my_tensor)
 """
-import sonnet as snt
 
 import dsnt
-from spatial_convention import check_option
+from spatial_convention import check_option, require
+
+snt = require("sonnet", by="dsnt_snt", extra="sonnet")
 
 
 @snt.allow_empty_variables

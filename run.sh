@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# One entry point for a fresh machine (Python 3.9+ and the package registries).
-#   ./run.sh demos   set up .venv, then execute every demo notebook in place
+# One entry point for a fresh machine (Python 3.10+ and the package registries).
+#   ./run.sh demos   set up .venv, then execute every demo notebook, rewriting it in place
 #   ./run.sh test    set up .venv, then run the whole test suite
 #   ./run.sh bench   set up .venv, then run the side-by-side benchmarks
+#   ./run.sh lab     set up .venv (plus JupyterLab), then open the notebooks interactively
 #   ./run.sh setup   only set up .venv
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -47,7 +48,12 @@ case "${1:-}" in
         setup
         shift
         "$VENV/bin/python" benchmarks/bench.py "$@" ;;
+    lab)
+        setup
+        shift
+        "$VENV/bin/python" -m pip install -q jupyterlab
+        "$VENV/bin/python" -m jupyter lab "$@" ;;
     *)
-        echo "usage: ./run.sh {demos|test|bench|setup} [args]" >&2
+        echo "usage: ./run.sh {demos|test|bench|lab|setup} [args]" >&2
         exit 2 ;;
 esac

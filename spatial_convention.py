@@ -45,7 +45,7 @@ SizeLike = Union[int, tf.Tensor]
 __all__ = ["half_extent", "centre", "normalized_to_pixel", "pixel_to_normalized",
            "pixel_centers", "check_option", "check_bool", "check_positive_int",
            "as_float_tensor", "check_rank", "check_size", "check_positive",
-           "check_same_batch", "with_assertions", "shape_list", "compute_dtype", "compiled",
+           "check_same_batch", "with_assertions", "require", "shape_list", "compute_dtype", "compiled",
            "set_jit", "jit_enabled", "use_kernels", "kernels_enabled"]
 
 
@@ -246,6 +246,21 @@ def with_assertions(assertions, fn):
         with tf.control_dependencies(assertions):
             return fn()
     return fn()
+
+
+def require(package, *, by, extra):
+    """Imports ``package`` for the shell ``by``, or says which extra installs it.
+
+    Example:
+      >>> require("numpy", by="stn_snt", extra="sonnet").__name__
+      'numpy'
+    """
+    import importlib
+    try:
+        return importlib.import_module(package)
+    except ImportError as error:
+        raise ImportError(f"{by} needs {package}, which is not installed: "
+                          f"pip install \"spatial-layers[{extra}]\"") from error
 
 
 def shape_list(x):

@@ -2,8 +2,7 @@
 
 Example (a localisation network whose last layer starts at the identity):
 
-    import sonnet as snt
-    from stn_snt import SpatialTransformer
+        from stn_snt import SpatialTransformer
 
     loc = snt.Sequential([snt.Conv2D(8, 5, stride=2), tf.nn.relu,
                           snt.Flatten(), snt.Linear(32), tf.nn.relu])
@@ -15,11 +14,12 @@ Example (a localisation network whose last layer starts at the identity):
 from typing import Optional
 
 import numpy as np
-import sonnet as snt
 import tensorflow as tf
 
 import stn
-from spatial_convention import check_bool, check_option, check_size
+from spatial_convention import check_bool, check_option, check_size, require
+
+snt = require("sonnet", by="stn_snt", extra="sonnet")
 
 
 class _ValuesInit(snt.initializers.Initializer):
@@ -66,8 +66,7 @@ class SpatialTransformer(snt.Module):
     (and ``theta`` if asked), in the input's float dtype.
 
     Example:
-      >>> import sonnet as snt
-      >>> loc = snt.Sequential([snt.Flatten(), snt.Linear(8), tf.nn.relu])
+      >>>       >>> loc = snt.Sequential([snt.Flatten(), snt.Linear(8), tf.nn.relu])
       >>> st = SpatialTransformer(localization=loc, transform="attention")
       >>> images = tf.random.normal([2, 16, 16, 1])
       >>> bool(tf.reduce_all(st(images) == images))   # the identity before training
