@@ -17,9 +17,12 @@ import numbers
 
 
 import coordconv
-from spatial_convention import as_float_tensor, check_bool, require
+from spatial_convention import as_float_tensor, check_bool, missing_extra
 
-snt = require("sonnet", by="coordconv_snt", extra="sonnet")
+try:
+    import sonnet as snt
+except ImportError as error:   # Sonnet is an optional extra
+    raise missing_extra("sonnet", by="coordconv_snt", extra="sonnet") from error
 
 __all__ = ["CoordConv1D", "CoordConv2D", "CoordConv3D"]
 

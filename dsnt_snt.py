@@ -7,9 +7,12 @@ Example:
 """
 
 import dsnt
-from spatial_convention import check_option, require
+from spatial_convention import check_option, missing_extra
 
-snt = require("sonnet", by="dsnt_snt", extra="sonnet")
+try:
+    import sonnet as snt
+except ImportError as error:   # Sonnet is an optional extra
+    raise missing_extra("sonnet", by="dsnt_snt", extra="sonnet") from error
 
 
 @snt.allow_empty_variables

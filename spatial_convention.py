@@ -32,7 +32,7 @@ Imports only TensorFlow and NumPy.
 """
 import functools
 import os
-from typing import Any, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -45,50 +45,66 @@ SizeLike = Union[int, tf.Tensor]
 __all__ = ["half_extent", "centre", "normalized_to_pixel", "pixel_to_normalized",
            "pixel_centers", "check_option", "check_bool", "check_positive_int",
            "as_float_tensor", "check_rank", "check_size", "check_positive",
-           "check_same_batch", "with_assertions", "require", "shape_list", "compute_dtype", "compiled",
+           "check_same_batch", "with_assertions", "missing_extra", "shape_list", "compute_dtype", "compiled",
            "set_jit", "jit_enabled", "use_kernels", "kernels_enabled"]
 
 
-def half_extent(size, align_corners, dtype):
-    """Pixels per normalised unit: ``n / 2`` (edges at +-1) or ``(n - 1) / 2`` (centres)."""
+def half_extent(size: SizeLike, align_corners: bool, dtype: tf.DType) -> tf.Tensor:
+    """Pixels per normalised unit: ``n / 2`` (edges at +-1) or ``(n - 1) / 2`` (centres).
+
+    Example:
+      >>> float(half_extent(4, False, tf.float32)), float(half_extent(4, True, tf.float32))
+      (2.0, 1.5)
+    """
     size = tf.cast(size, dtype)
     return (size - 1.0) / 2.0 if align_corners else size / 2.0
 
 
-def centre(size, dtype):
-    """Pixel coordinate of normalised 0: ``(n - 1) / 2`` in both conventions."""
+def centre(size: SizeLike, dtype: tf.DType) -> tf.Tensor:
+    """Pixel coordinate of normalised 0: ``(n - 1) / 2`` in both conventions.
+
+    Example:
+      >>> float(centre(4, tf.float32))
+      1.5
+    """
     return (tf.cast(size, dtype) - 1.0) / 2.0
 
 
-def normalized_to_pixel(coord, size, align_corners=False):
+def normalized_to_pixel(coord: tf.Tensor, size: SizeLike, align_corners: bool = False) -> tf.Tensor:
     """Normalised coordinates (float tensor) -> pixel coordinates along an axis of ``size``.
 
     Example:
-      >>> normalized_to_pixel(tf.constant([-1., 0., 1.]), 4)   # [-0.5, 1.5, 3.5]
+      >>> normalized_to_pixel(tf.constant([-1., 0., 1.]), 4).numpy()
+      array([-0.5,  1.5,  3.5], dtype=float32)
     """
     return coord * half_extent(size, align_corners, coord.dtype) + centre(size, coord.dtype)
 
 
-def pixel_to_normalized(coord, size, align_corners=False):
+def pixel_to_normalized(coord: tf.Tensor, size: SizeLike, align_corners: bool = False) -> tf.Tensor:
     """Pixel coordinates (float tensor) -> normalised; the inverse of ``normalized_to_pixel``.
 
     With ``align_corners=True`` and ``size == 1`` every coordinate maps to 0.
 
     Example:
-      >>> pixel_to_normalized(tf.constant([0., 3.]), 4)   # [-0.75, 0.75]
+      >>> pixel_to_normalized(tf.constant([0., 3.]), 4).numpy()
+      array([-0.75,  0.75], dtype=float32)
     """
     return tf.math.divide_no_nan(coord - centre(size, coord.dtype),
                                  half_extent(size, align_corners, coord.dtype))
 
 
-def pixel_centers(size, align_corners=False, dtype=tf.float32):
+def pixel_centers(size: SizeLike, align_corners: bool = False,
+                  dtype: tf.DType = tf.float32) -> tf.Tensor:
     """Normalised coordinates of the centres of ``size`` pixels, shape ``[size]``.
 
     ``align_corners=False``: ``(2i + 1) / n - 1``; ``True``: ``linspace(-1, 1, n)``
     (``[0.]`` for one pixel). ``size`` may be a scalar tensor.
 
     Example:
-      >>> pixel_centers(4)   # [-0.75, -0.25, 0.25, 0.75]
+      >>> pixel_centers(4).numpy()
+      array([-0.75, -0.25,  0.25,  0.75], dtype=float32)
+      >>> pixel_centers(4, align_corners=True).numpy()
+      array([-1.        , -0.33333334,  0.33333334,  1.        ], dtype=float32)
     """
     return pixel_to_normalized(tf.range(size, dtype=dtype), size, align_corners)
 
@@ -104,7 +120,7 @@ def pixel_centers(size, align_corners=False, dtype=tf.float32):
 # known only at run time become ``tf.debugging`` assertions that carry the
 # same message (see :func:`with_assertions`).
 
-def check_option(value, *, name, allowed):
+def check_option(value: Any, *, name: str, allowed: Sequence[str]) -> str:
     """``value`` if it is one of the strings ``allowed``, else a ValueError listing them.
 
     Example:
@@ -117,23 +133,42 @@ def check_option(value, *, name, allowed):
     return value
 
 
-def check_bool(value, *, name):
-    """``value`` as a bool if it is a Python or NumPy bool, else a TypeError."""
+def check_bool(value: Any, *, name: str) -> bool:
+    """``value`` as a bool if it is a Python or NumPy bool, else a TypeError.
+
+    Example:
+      >>> check_bool(1, name="align_corners")
+      Traceback (most recent call last):
+      ...
+      TypeError: align_corners must be True or False (a Python bool); got 1
+    """
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False (a Python bool); got {value!r}")
     return bool(value)
 
 
-def check_positive_int(value, *, name):
-    """``value`` as an int if it is a positive Python or NumPy integer (not a bool)."""
+def check_positive_int(value: Any, *, name: str) -> int:
+    """``value`` as an int if it is a positive Python or NumPy integer (not a bool).
+
+    Example:
+      >>> check_positive_int(np.int64(3), name="steps")
+      3
+    """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
             or int(value) < 1:
         raise ValueError(f"{name} must be a positive integer; got {value!r}")
     return int(value)
 
 
-def as_float_tensor(value, *, name, allow_bool=True):
-    """A real-valued tensor: float dtypes are kept, integers (and bools) become float32."""
+def as_float_tensor(value: Any, *, name: str, allow_bool: bool = True) -> tf.Tensor:
+    """A real-valued tensor: float dtypes are kept, integers (and bools) become float32.
+
+    Example:
+      >>> as_float_tensor([1, 2], name="img").dtype
+      tf.float32
+      >>> as_float_tensor(np.zeros(2, np.float16), name="img").dtype
+      tf.float16
+    """
     try:
         x = tf.convert_to_tensor(value)
     except (TypeError, ValueError) as e:
@@ -148,12 +183,16 @@ def as_float_tensor(value, *, name, allow_bool=True):
     raise TypeError(f"{name} must be a real-valued tensor ({kinds}); got dtype {dtype.name}")
 
 
-def check_rank(x, *, name, ranks, layout=None):
+def check_rank(x: tf.Tensor, *, name: str, ranks: Sequence[int], layout: Optional[str] = None) -> int:
     """The static rank of ``x`` if it is one of ``ranks``, else a ValueError.
 
     ``layout`` describes the expected shape for the message, e.g.
     ``"[B, H, W, C] or [B, D, H, W, C]"``. An unknown rank is an error: the
     layers need to know how many spatial axes there are.
+
+    Example:
+      >>> check_rank(tf.zeros([2, 4, 4, 1]), name="img", ranks=(4, 5))
+      4
     """
     rank = x.shape.rank
     want = " or ".join(str(r) for r in ranks)
@@ -166,7 +205,8 @@ def check_rank(x, *, name, ranks, layout=None):
     return rank
 
 
-def check_size(value, *, name, ndim=(2,), labels=None):
+def check_size(value: Any, *, name: str, ndim: Sequence[int] = (2,),
+               labels: Optional[str] = None) -> Optional[Tuple[SizeLike, ...]]:
     """A spatial size: a tuple of positive ints or int scalar tensors, or None.
 
     ``ndim`` lists the allowed lengths (2 for ``(height, width)``, 3 for
@@ -204,8 +244,13 @@ def check_size(value, *, name, ndim=(2,), labels=None):
     return tuple(out)
 
 
-def check_positive(value, *, name, dtype):
-    """A positive finite scalar of ``dtype``: checked at once if static, else asserted."""
+def check_positive(value: Any, *, name: str, dtype: tf.DType) -> tf.Tensor:
+    """A positive finite scalar of ``dtype``: checked at once if static, else asserted.
+
+    Example:
+      >>> float(check_positive(2, name="fwhm", dtype=tf.float32))
+      2.0
+    """
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a positive number; got {value!r}")
     if isinstance(value, (int, float, np.integer, np.floating)):
@@ -223,8 +268,14 @@ def check_positive(value, *, name, dtype):
                            lambda: tf.identity(t))
 
 
-def check_same_batch(x, other, *, name, reference="the image"):
-    """Assertions that ``other`` has ``x``'s batch size (a ValueError when static)."""
+def check_same_batch(x: tf.Tensor, other: tf.Tensor, *, name: str,
+                     reference: str = "the image") -> List[tf.Operation]:
+    """Assertions that ``other`` has ``x``'s batch size (a ValueError when static).
+
+    Example:
+      >>> check_same_batch(tf.zeros([2, 3]), tf.zeros([2, 6]), name="theta")
+      []
+    """
     bx, bo = x.shape[0] if x.shape.rank else None, other.shape[0] if other.shape.rank else None
     if bx is not None and bo is not None:
         if bx != bo:
@@ -236,11 +287,15 @@ def check_same_batch(x, other, *, name, reference="the image"):
         message=f"{name} must have the same batch size as {reference}")]
 
 
-def with_assertions(assertions, fn):
+def with_assertions(assertions: Sequence[Any], fn: Callable[[], Any]) -> Any:
     """``fn()`` run after the run-time ``assertions`` (in graphs; eager ones already ran).
 
     XLA compiles the assertions out; TF1 graphs and ``tf.function`` raise
     ``InvalidArgumentError`` with their message.
+
+    Example:
+      >>> float(with_assertions([], lambda: tf.constant(1.0)))
+      1.0
     """
     if assertions and not tf.executing_eagerly():
         with tf.control_dependencies(assertions):
@@ -248,23 +303,24 @@ def with_assertions(assertions, fn):
     return fn()
 
 
-def require(package, *, by, extra):
-    """Imports ``package`` for the shell ``by``, or says which extra installs it.
+def missing_extra(package: str, *, by: str, extra: str) -> ImportError:
+    """The ImportError a shell raises when its framework is not installed: which extra to install.
 
     Example:
-      >>> require("numpy", by="stn_snt", extra="sonnet").__name__
-      'numpy'
+      >>> print(missing_extra("sonnet", by="stn_snt", extra="sonnet"))
+      stn_snt needs sonnet, which is not installed: pip install "spatial-layers[sonnet]"
     """
-    import importlib
-    try:
-        return importlib.import_module(package)
-    except ImportError as error:
-        raise ImportError(f"{by} needs {package}, which is not installed: "
-                          f"pip install \"spatial-layers[{extra}]\"") from error
+    return ImportError(f"{by} needs {package}, which is not installed: "
+                       f"pip install \"spatial-layers[{extra}]\"")
 
 
-def shape_list(x):
-    """``x``'s shape as a list: static ints where known, scalar tensors elsewhere."""
+def shape_list(x: tf.Tensor) -> List[SizeLike]:
+    """``x``'s shape as a list: static ints where known, scalar tensors elsewhere.
+
+    Example:
+      >>> shape_list(tf.zeros([2, 3]))
+      [2, 3]
+    """
     static = x.shape.as_list()
     if all(s is not None for s in static):
         return static
@@ -272,11 +328,15 @@ def shape_list(x):
     return [s if s is not None else d for s, d in zip(static, dynamic)]
 
 
-def compute_dtype(*dtypes):
+def compute_dtype(*dtypes: tf.DType) -> tf.DType:
     """Where coordinates are computed: float64 if any input is, else float32.
 
     Half precision cannot even count pixels past 2048, so float16 and
     bfloat16 inputs are computed in float32 and cast back.
+
+    Example:
+      >>> compute_dtype(tf.float16), compute_dtype(tf.float32, tf.float64)
+      (tf.float32, tf.float64)
     """
     return tf.float64 if any(d == tf.float64 for d in dtypes) else tf.float32
 
@@ -295,10 +355,10 @@ def _env_jit():
 
 _JIT = _env_jit()
 _KERNELS = os.environ.get("SPATIAL_KERNELS", "1").strip().lower() not in ("0", "false", "no", "off")
-_jitted = {}
+_jitted: dict = {}
 
 
-def use_kernels(enabled):
+def use_kernels(enabled: bool) -> None:
     """Chooses the hand-tuned kernels (default) or the direct maths.
 
     With kernels off, ``stn`` and ``dsnt`` run the definitions written in
@@ -307,32 +367,52 @@ def use_kernels(enabled):
     tested against. Same numbers to float round-off; the kernels are faster
     and need less memory. Also set by the environment variable
     ``SPATIAL_KERNELS=0`` before import. Takes effect for calls traced after it.
+
+    Example:
+      >>> use_kernels(False); kernels_enabled()
+      False
+      >>> use_kernels(True)
     """
     global _KERNELS
     _KERNELS = check_bool(enabled, name="enabled")
 
 
-def kernels_enabled():
-    """Whether the hand-tuned kernels are used (see :func:`use_kernels`)."""
+def kernels_enabled() -> bool:
+    """Whether the hand-tuned kernels are used (see :func:`use_kernels`).
+
+    Example:
+      >>> kernels_enabled()
+      True
+    """
     return _KERNELS
 
 
-def set_jit(enabled):
+def set_jit(enabled: bool) -> None:
     """Chooses whether inner functions run XLA-compiled (default) or as plain ops.
 
     Both give the same numbers to float round-off; plain ops are there for
     platforms without XLA. Takes effect for calls traced after it.
+
+    Example:
+      >>> set_jit(False); jit_enabled()
+      False
+      >>> set_jit(True)
     """
     global _JIT
     _JIT = check_bool(enabled, name="enabled")
 
 
-def jit_enabled():
-    """Whether :func:`compiled` currently XLA-compiles."""
+def jit_enabled() -> bool:
+    """Whether :func:`compiled` currently XLA-compiles.
+
+    Example:
+      >>> jit_enabled()
+      True
+    """
     return _JIT
 
 
-def compiled(fn, *args, **options):
+def compiled(fn: Callable[..., Any], *args: Any, **options: Any) -> Any:
     """Calls ``fn(*args, **options)``, XLA-compiled unless ``set_jit(False)``.
 
     ``args`` are tensors; ``options`` are named Python values (strings,
@@ -341,6 +421,10 @@ def compiled(fn, *args, **options):
     retracing statistics are kept per option set (they are keyed by code
     object) and mixing options stays quiet. Gradients of the call are
     compiled too.
+
+    Example:
+      >>> float(compiled(lambda x, *, scale: x * scale, tf.constant(2.0), scale=3.0))
+      6.0
     """
     if not _JIT:
         return fn(*args, **options)

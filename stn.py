@@ -80,6 +80,10 @@ def set_jit(enabled: bool) -> None:
     Both give the same numbers; plain ops are there for platforms without
     XLA. Takes effect for calls traced after it. One switch for the project:
     ``spatial_convention.set_jit``.
+
+    Example:
+      >>> set_jit(False)   # plain TensorFlow ops from here on
+      >>> set_jit(True)
     """
     spatial_convention.set_jit(enabled)
 
@@ -904,6 +908,8 @@ def resize_displacement(displacement: TensorLike, size: Size, *, units: Units = 
     """
     field, n = _check_field(displacement, "displacement")
     size = check_size(size, name="size", ndim=(n,))
+    if size is None:
+        raise ValueError("size must be (height, width) or (depth, height, width); got None")
     check_option(units, name="units", allowed=UNITS)
     align_corners = check_bool(align_corners, name="align_corners")
     zeros = tf.zeros(tf.stack([tf.shape(field)[0], *size, n]), field.dtype)
@@ -1026,7 +1032,7 @@ def similarity_theta(params: TensorLike, ndim: Optional[int] = None) -> tf.Tenso
     (1, 0, ...).
 
     Example:
-      >>> similarity_theta([[2.0, 0.0, 0.1, 0.2]]).numpy()
+      >>> similarity_theta([[2.0, 0.0, 0.1, 0.2]]).numpy() + 0.0   # + 0.0: no -0.0
       array([[[2. , 0. , 0.1],
               [0. , 2. , 0.2]]], dtype=float32)
     """
@@ -1044,7 +1050,7 @@ def rotation_theta(angle: TensorLike, scale: float = 1.0,
     (3-D: ``|v|`` radians about ``v``). Returns ``[B, 2, 3]`` or ``[B, 3, 4]``.
 
     Example:
-      >>> rotation_theta(np.pi / 2).numpy().round(6)
+      >>> rotation_theta(np.pi / 2).numpy().round(6) + 0.0
       array([[[ 0., -1.,  0.],
               [ 1.,  0.,  0.]]], dtype=float32)
     """
@@ -1069,7 +1075,7 @@ def euler_rotation_theta(angles: TensorLike, scale: float = 1.0,
     ``[B, 3, 4]``.
 
     Example:
-      >>> euler_rotation_theta([0.0, 0.0, np.pi / 2]).numpy().round(6)[0, :, :3]
+      >>> euler_rotation_theta([0.0, 0.0, np.pi / 2]).numpy().round(6)[0, :, :3] + 0.0
       array([[ 0., -1.,  0.],
              [ 1.,  0.,  0.],
              [ 0.,  0.,  1.]], dtype=float32)
@@ -1393,6 +1399,14 @@ def tps_coefficients(control_points: TensorLike, source_points: TensorLike) -> t
       affine part ``a_0, a_x, a_y`` (last three), per output coordinate (x, y).
       Solved in float64 whatever the inputs: close control points make the
       system ill-conditioned enough to cost float32 several digits.
+
+    Example:
+      >>> c = control_point_lattice(3)
+      >>> coefficients = tps_coefficients(c, 2.0 * c[None])   # a scaling: no bending
+      >>> np.abs(coefficients[0, :9]).max() < 1e-12, coefficients[0, 9:].numpy().round(6) + 0.0
+      (True, array([[0., 0.],
+             [2., 0.],
+             [0., 2.]]))
     """
     c, s = _tps_points(control_points, source_points)
     features = _tps_features(c, c)                                     # [..., N, N + 3]

@@ -1,15 +1,21 @@
 """Sonnet 2 modules for spatial transformers; all maths lives in ``stn.py``.
 
-Example (a localisation network whose last layer starts at the identity):
+``SpatialTransformer`` (a localisation network's theta, or a given one),
+``Warp`` and ``IntegrateVelocity`` (dense displacement fields). Example, a
+localisation network whose last layer starts at the identity:
 
-        from stn_snt import SpatialTransformer
-
-    loc = snt.Sequential([snt.Conv2D(8, 5, stride=2), tf.nn.relu,
-                          snt.Flatten(), snt.Linear(32), tf.nn.relu])
-    st = SpatialTransformer(localization=loc, transform="affine", out_dims=(28, 28))
-    warped = st(images)                  # identity warp before training
-    warped, theta = st(images, return_theta=True)
-    warped = SpatialTransformer()(images, theta=my_theta)   # a given theta
+>>> import sonnet as snt
+>>> import tensorflow as tf
+>>> from stn_snt import SpatialTransformer
+>>> loc = snt.Sequential([snt.Conv2D(8, 5, stride=2), tf.nn.relu,
+...                       snt.Flatten(), snt.Linear(32), tf.nn.relu])
+>>> st = SpatialTransformer(localization=loc, transform="affine", out_dims=(14, 14))
+>>> images = tf.random.normal([4, 28, 28, 1])
+>>> warped, theta = st(images, return_theta=True)     # the identity before training
+>>> warped.shape, theta.shape
+(TensorShape([4, 14, 14, 1]), TensorShape([4, 2, 3]))
+>>> SpatialTransformer()(images, theta=theta).shape   # a theta of your own
+TensorShape([4, 28, 28, 1])
 """
 from typing import Optional
 
@@ -17,9 +23,12 @@ import numpy as np
 import tensorflow as tf
 
 import stn
-from spatial_convention import check_bool, check_option, check_size, require
+from spatial_convention import check_bool, check_option, check_size, missing_extra
 
-snt = require("sonnet", by="stn_snt", extra="sonnet")
+try:
+    import sonnet as snt
+except ImportError as error:   # Sonnet is an optional extra
+    raise missing_extra("sonnet", by="stn_snt", extra="sonnet") from error
 
 
 class _ValuesInit(snt.initializers.Initializer):
@@ -66,7 +75,8 @@ class SpatialTransformer(snt.Module):
     (and ``theta`` if asked), in the input's float dtype.
 
     Example:
-      >>>       >>> loc = snt.Sequential([snt.Flatten(), snt.Linear(8), tf.nn.relu])
+      >>> import sonnet as snt
+      >>> loc = snt.Sequential([snt.Flatten(), snt.Linear(8), tf.nn.relu])
       >>> st = SpatialTransformer(localization=loc, transform="attention")
       >>> images = tf.random.normal([2, 16, 16, 1])
       >>> bool(tf.reduce_all(st(images) == images))   # the identity before training
@@ -75,8 +85,8 @@ class SpatialTransformer(snt.Module):
 
     def __init__(self, out_dims=None, transform: str = "affine", localization=None,
                  constraints: Optional[stn.AffineWarpConstraints] = None,
-                 align_corners: bool = False, padding_mode: str = "zeros",
-                 interpolation: str = "bilinear", control_points=None,
+                 align_corners: bool = False, padding_mode: stn.PaddingMode = "zeros",
+                 interpolation: stn.Interpolation = "bilinear", control_points=None,
                  name: Optional[str] = None):
         super().__init__(name=name)
         check_option(transform, name="transform", allowed=tuple(stn.TRANSFORMS))
@@ -92,8 +102,8 @@ class SpatialTransformer(snt.Module):
         self.padding_mode = padding_mode
         self.interpolation = interpolation
         self.localization = localization
-        self.head = None
-        self.family = None
+        self.head: Optional[snt.Linear] = None
+        self.family: Optional[stn.TransformFamily] = None
         # Check the family now, so that mistakes fail when the model is built;
         # the input's rank decides 2-D or 3-D on the first call.
         self._family_for(len(self.out_dims) if self.out_dims else
@@ -152,6 +162,7 @@ class SpatialTransformer(snt.Module):
             theta = self.predict_theta(inputs)
         else:
             self._build(inputs)
+        assert self.family is not None   # set by _build
         out = self.family.warp(inputs, theta, self.out_dims, align_corners=self.align_corners,
                                padding_mode=self.padding_mode, interpolation=self.interpolation)
         return (out, theta) if return_theta else out
@@ -175,8 +186,9 @@ class Warp(snt.Module):
       True
     """
 
-    def __init__(self, units: str = "pixels", align_corners: bool = False,
-                 padding_mode: str = "border", interpolation: str = "bilinear",
+    def __init__(self, units: stn.Units = "pixels", align_corners: bool = False,
+                 padding_mode: stn.PaddingMode = "border",
+                 interpolation: stn.Interpolation = "bilinear",
                  name: Optional[str] = None):
         super().__init__(name=name)
         self.units = check_option(units, name="units", allowed=stn.UNITS)
@@ -206,7 +218,7 @@ class IntegrateVelocity(snt.Module):
       TensorShape([1, 8, 8, 2])
     """
 
-    def __init__(self, steps: int = 7, units: str = "pixels", align_corners: bool = False,
+    def __init__(self, steps: int = 7, units: stn.Units = "pixels", align_corners: bool = False,
                  name: Optional[str] = None):
         super().__init__(name=name)
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
