@@ -14,6 +14,7 @@ import tensorflow as tf
 import torch
 
 import dsnt
+import spatial_convention
 from tests.test_compat import check, eager, flat, traced
 from tests.test_dsnt import (FWHM_PER_SIGMA, assert_rounded_from, impl, np_coords,  # noqa: F401
                              np_gauss, np_js, np_kl, np_rectify, np_variance_loss)
@@ -170,7 +171,7 @@ CASES = {  # B, D, H, W, K, logit scale, sigma (px), centres' reach
 
 @pytest.mark.parametrize("case,impl", [("basic", "xla"), ("basic", "direct"),
                                        ("one point, peaky, tiny Gaussian, centres outside", "plain"),
-                                       ("flat, wide Gaussian", "xla")], indirect=["impl"])
+                                       ("flat, wide Gaussian", "direct")], indirect=["impl"])
 def test_agrees_with_dsntnn_in_3d(case, impl):
     B, D, H, W, K, scale, sigma, reach = CASES[case]
     x = (RNG.normal(size=(B, D, H, W, K)) * scale).astype(np.float32)
@@ -210,9 +211,11 @@ def test_agrees_with_dsntnn_in_3d(case, impl):
         np.testing.assert_allclose(ours[k].numpy(), v.detach().numpy(), rtol=rtol, atol=2e-6,
                                    err_msg=k)
     assert float(total) == pytest.approx(float(total_ref.detach()), rel=2e-6)
-    np.testing.assert_allclose(grad_x.numpy(), np.moveaxis(xt.grad.numpy(), 1, -1),
-                               rtol=1e-5, atol=2e-6)
-    np.testing.assert_allclose(grad_t.numpy(), tt.grad.numpy(), rtol=1e-5, atol=2e-6)
+    # float32 gradients: both are a few ulps of the gradient's scale (~5e-7
+    # relative) off the float64 value where terms cancel
+    for got, want in ((grad_x.numpy(), np.moveaxis(xt.grad.numpy(), 1, -1)),
+                      (grad_t.numpy(), tt.grad.numpy())):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
     g_ref = np.moveaxis(dsntnn.make_gauss(torch.tensor(t), (D, H, W), sigma).numpy(), 1, -1)
     np.testing.assert_allclose(dsnt.make_gauss(t, (D, H, W), fwhm).numpy(), g_ref, atol=5e-6)
     px = np.array([[0.0, 0.0, 0.0], [W - 1.0, H - 1.0, D - 1.0], [2.5, 1.25, 3.75]], np.float32)
@@ -254,41 +257,45 @@ HEAT = np.random.default_rng(5).uniform(-2, 2, (2, 3, 5, 4, 2)).astype(np.float3
 CENTRES = np.random.default_rng(6).uniform(-0.8, 0.8, (2, 2, 3)).astype(np.float32)
 
 
-def _losses(h, c):
+def _volume_paths(h, c):
+    """Every 3-D path: the layer (softmax and an expectation-only method),
+    the regularisers, the coordinate losses and the Gaussians."""
     heat, coords = dsnt.dsnt(h)
-    return (dsnt.js_reg_loss(heat, c, fwhm=2.0) + dsnt.kl_reg_loss(heat, c)
-            + dsnt.variance_reg_loss(heat, fwhm=2.0), dsnt.euclidean_loss(coords, c),
-            dsnt.mse_loss(coords, c), dsnt.l1_loss(coords, c))
-
-
-COMPAT = {  # name -> (function of tensors, inputs, indices of inputs to differentiate)
-    "dsnt": (dsnt.dsnt, (HEAT,), (0,)),
-    "dsnt[sigmoid]": (lambda h: dsnt.dsnt(h, method="sigmoid"), (HEAT,), (0,)),
-    "losses": (_losses, (HEAT, CENTRES), (0, 1)),
-    "make_gauss": (lambda c: dsnt.make_gauss(c, (3, 5, 4), fwhm=2.0), (CENTRES,), (0,)),
-}
+    return (heat, coords, dsnt.dsnt(h, method="sigmoid")[1],
+            dsnt.js_reg_loss(heat, c, fwhm=2.0, reduction="none"),
+            dsnt.kl_reg_loss(heat, c, reduction="none"),
+            dsnt.variance_reg_loss(heat, fwhm=2.0, reduction="none"),
+            dsnt.euclidean_loss(coords, c), dsnt.mse_loss(coords, c), dsnt.l1_loss(coords, c),
+            dsnt.make_gauss(c, (3, 5, 4), fwhm=2.0))
 
 
 @pytest.mark.parametrize("mode", ["tf.function", "tf1", "xla"])
-@pytest.mark.parametrize("name", sorted(COMPAT))
-def test_volumes_in_every_execution_mode(name, mode):
-    """Every 3-D path gives its eager numbers and gradients in tf.function
-    with every dim unknown, in a TF1 graph with None placeholders + Session,
-    and under jit_compile=True (tests/test_compat.py's checks)."""
-    fn, inputs, wrt = COMPAT[name]
-    want = eager(fn, inputs, wrt)
+def test_volumes_in_every_execution_mode(mode):
+    """Every 3-D path gives its eager numbers and gradients (to the logits
+    and the centres) in tf.function with every dim unknown, in a TF1 graph
+    with None placeholders + Session, and under jit_compile=True
+    (tests/test_compat.py's checks). The eager reference runs the kernels
+    as plain ops (one XLA compilation less; test_dsnt.py's test_kernels_*
+    compare the two)."""
+    inputs, wrt = (HEAT, CENTRES), (0, 1)
+    previous = spatial_convention.jit_enabled()
+    spatial_convention.set_jit(False)
+    try:
+        want = eager(_volume_paths, inputs, wrt)
+    finally:
+        spatial_convention.set_jit(previous)
     if mode == "tf.function":
-        out, grads = tf.function(traced(fn, wrt), input_signature=[
+        out, grads = tf.function(traced(_volume_paths, wrt), input_signature=[
             tf.TensorSpec([None] * np.ndim(x), tf.float32) for x in inputs])(*inputs)
         got = flat(out), [np.asarray(g) for g in grads]
     elif mode == "xla":
-        out, grads = tf.function(traced(fn, wrt), jit_compile=True)(*inputs)
+        out, grads = tf.function(traced(_volume_paths, wrt), jit_compile=True)(*inputs)
         got = flat(out), [np.asarray(g) for g in grads]
     else:
         with tf.Graph().as_default():
             placeholders = [tf.compat.v1.placeholder(tf.float32, [None] * np.ndim(x))
                             for x in inputs]
-            out, grads = traced(fn, wrt)(*placeholders)
+            out, grads = traced(_volume_paths, wrt)(*placeholders)
             with tf.compat.v1.Session() as sess:
                 got_out, got_grads = sess.run([tf.nest.flatten(out), grads],
                                               dict(zip(placeholders, inputs)))
