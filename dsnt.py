@@ -640,7 +640,7 @@ def _assert_batch_points(c, maps, name):
 
 
 def _kl(p, log_q):
-    """KL(p || q) of each map [B, K]: sum p (log(p + 1e-24) - log_q), given log_q = log(q + 1e-24)."""
+    """KL(p || q) of each map [B, K]: sum p (log(p + 1e-24) - log_q), log_q = log(q + 1e-24)."""
     return tf.reduce_sum(p * (tf.math.log(p + _EPS) - log_q), axis=_spatial_axes(p))
 
 

@@ -289,8 +289,8 @@ def test_dtypes_kept_and_computed_in_float32_or_better(dtype):
     js = dsnt.js_reg_loss(h, t, fwhm=2.0, reduction="none")
     assert js.dtype == dtype
     t64 = tf.cast(t, tf.float64).numpy()
-    assert_rounded_from(js, np_js(tf.cast(h, tf.float64).numpy(), np_gauss(t64, (16, 16), 2.0 / FWHM_PER_SIGMA)),
-                        dtype)
+    q = np_gauss(t64, (16, 16), 2.0 / FWHM_PER_SIGMA)
+    assert_rounded_from(js, np_js(tf.cast(h, tf.float64).numpy(), q), dtype)
 
 
 def test_integer_input_becomes_float32():
@@ -586,7 +586,8 @@ def _inputs(ndim):
     """float64 logits, centres and upstream weights for maps and coordinates."""
     shape = SHAPES[ndim]
     b, k, n = shape[0], shape[-1], len(shape) - 2
-    return (tf.constant(RNG.normal(size=shape)), tf.constant(RNG.uniform(-0.8, 0.8, size=(b, k, n))),
+    return (tf.constant(RNG.normal(size=shape)),
+            tf.constant(RNG.uniform(-0.8, 0.8, size=(b, k, n))),
             tf.constant(RNG.normal(size=shape)), tf.constant(RNG.normal(size=(b, k, n))))
 
 
@@ -876,7 +877,8 @@ def test_agrees_with_dsntnn(B, H, W, K, scale, sigma, reach, impl):
     # float32 gradients: both are a few ulps of the gradient's scale (~5e-7
     # relative) off the float64 value where terms cancel
     grad_ref = xt.grad.numpy().transpose(0, 2, 3, 1)
-    np.testing.assert_allclose(grad.numpy(), grad_ref, rtol=1e-5, atol=1e-6 * np.abs(grad_ref).max())
+    np.testing.assert_allclose(grad.numpy(), grad_ref, rtol=1e-5,
+                               atol=1e-6 * np.abs(grad_ref).max())
     g_ref = dsntnn.make_gauss(tt, (H, W), sigma).numpy().transpose(0, 2, 3, 1)
     # float32 Gaussians with sigma 0.3 px: both are ~2e-6 from float64 near the peak
     np.testing.assert_allclose(dsnt.make_gauss(t, (H, W), fwhm).numpy(), g_ref, atol=5e-6)

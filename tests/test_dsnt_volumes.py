@@ -169,9 +169,10 @@ CASES = {  # B, D, H, W, K, logit scale, sigma (px), centres' reach
 }
 
 
-@pytest.mark.parametrize("case,impl", [("basic", "xla"), ("basic", "direct"),
-                                       ("one point, peaky, tiny Gaussian, centres outside", "plain"),
-                                       ("flat, wide Gaussian", "direct")], indirect=["impl"])
+@pytest.mark.parametrize("case,impl", [
+    ("basic", "xla"), ("basic", "direct"),
+    ("one point, peaky, tiny Gaussian, centres outside", "plain"),
+    ("flat, wide Gaussian", "direct")], indirect=["impl"])
 def test_agrees_with_dsntnn_in_3d(case, impl):
     B, D, H, W, K, scale, sigma, reach = CASES[case]
     x = (RNG.normal(size=(B, D, H, W, K)) * scale).astype(np.float32)
@@ -338,7 +339,8 @@ def test_volume_dtypes_kept_and_computed_in_float32_or_better(dtype):
 # --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("call,exc,match", [
-    (lambda: dsnt.dsnt(tf.zeros([1, 0, 4, 4, 1])), ValueError, "inputs must have a non-empty depth"),
+    (lambda: dsnt.dsnt(tf.zeros([1, 0, 4, 4, 1])), ValueError,
+     "inputs must have a non-empty depth"),
     (lambda: dsnt.js_reg_loss(tf.zeros([2, 3, 4, 4, 2]), tf.zeros([2, 2, 2])), ValueError,
      r"centres must have shape \[batch, K, 3\] = \[2, 2, 3\] for volumes"),
     (lambda: dsnt.js_reg_loss(tf.zeros([2, 3, 4, 4, 1]), tf.zeros([2, 3])), ValueError,
