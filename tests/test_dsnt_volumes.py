@@ -103,6 +103,7 @@ def test_make_gauss_volumes_match_numpy(fwhm):
     np.testing.assert_array_equal(far.numpy(), np.zeros([1, 2, 3, 4, 1]))
 
 
+@pytest.mark.parametrize("impl", ["plain", "direct"], indirect=True)  # XLA: test_kernels_*
 def test_divergences_and_variance_of_volumes_match_numpy(impl):
     p = rand_volumes(3, 4, 5, 6, 2)
     t = RNG.uniform(-1, 1, size=(3, 2, 3))
@@ -125,11 +126,11 @@ def test_divergences_and_variance_of_volumes_match_numpy(impl):
 
 def test_divergences_of_a_volume_float32_close_to_float64_truth(impl):
     """Peaky maps, a tiny Gaussian and centres outside the volume in float32."""
-    x = RNG.normal(size=(2, 7, 9, 8, 3)) * np.array([1, 5, 30])
-    p = np_rectify(x, "softmax")
+    x = RNG.normal(size=(2, 5, 6, 7, 3)) * np.array([1, 5, 30])   # the shape of CASES["basic"]:
+    p = np_rectify(x, "softmax")                                  # one XLA compilation less
     t = RNG.uniform(-1.1, 1.1, size=(2, 3, 3))
     for fwhm in (0.5, 3.0):
-        q = np_gauss(t, (7, 9, 8), fwhm / FWHM_PER_SIGMA)
+        q = np_gauss(t, (5, 6, 7), fwhm / FWHM_PER_SIGMA)
         for loss, ref in (("js", np_js), ("kl", np_kl)):
             got = getattr(dsnt, f"{loss}_reg_loss")(p.astype(np.float32), t.astype(np.float32),
                                                     fwhm=fwhm, reduction="none")
@@ -232,8 +233,8 @@ def test_regulariser_gradients_to_heatmaps_agree_with_dsntnn_in_3d(impl):
     """JS, KL and variance differentiated to the heatmaps themselves (maps
     bounded away from zero: below ~1e-24 the kernels' JS gradient drops
     autodiff's p / (p + 1e-24) weighting, see _dsnt_kernels.js_divergence)."""
-    p = rand_volumes(2, 4, 5, 6, 2).astype(np.float32)
-    t = RNG.uniform(-1, 1, size=(2, 2, 3)).astype(np.float32)
+    p = rand_volumes(2, 5, 6, 7, 3).astype(np.float32)   # the shape of CASES["basic"]
+    t = RNG.uniform(-1, 1, size=(2, 3, 3)).astype(np.float32)
     sigma = 1.5
     pt = torch.tensor(np.ascontiguousarray(np.moveaxis(p, -1, 1)), requires_grad=True)
     (dsntnn.js_reg_losses(pt, torch.tensor(t), sigma).sum()
