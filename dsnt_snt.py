@@ -1,9 +1,14 @@
-"""Sonnet 2 wrapper around :mod:`dsnt` (all maths lives in dsnt.py).
+"""Sonnet 2 wrapper around :mod:`dsnt` (all maths lives in dsnt.py), for images and volumes.
 
 Example:
+  >>> import tensorflow as tf
   >>> from dsnt_snt import DSNT
-  >>> norm_heatmaps, coords = DSNT()(my_tensor)          # [B, H, W], [B, 2]
-  >>> norm_heatmaps, coords = DSNT(method="relu")(my_tensor)
+  >>> norm_heatmaps, coords = DSNT()(tf.zeros([8, 32, 32, 1]))
+  >>> norm_heatmaps.shape, coords.shape                  # one point per image
+  (TensorShape([8, 32, 32]), TensorShape([8, 2]))
+  >>> volumes = tf.zeros([2, 4, 16, 16, 3])              # [B, D, H, W, K]
+  >>> DSNT(method="relu")(volumes)[1].shape              # (x, y, z) per point
+  TensorShape([2, 3, 3])
 """
 
 import dsnt
@@ -29,15 +34,19 @@ class DSNT(snt.Module):
       name: Sonnet module name.
 
     Call:
-      ``inputs`` ``[B, H, W]``, ``[B, H, W, 1]`` or ``[B, H, W, K]`` ->
-      ``(norm_heatmaps, coords)``: ``[B, H, W]`` and ``[B, 2]`` for one point,
-      ``[B, H, W, K]`` and ``[B, K, 2]`` for K points; coordinates ``(x, y)``
-      with pixel ``i`` of ``n`` centred at ``(2 i + 1) / n - 1``; input dtype
-      kept.
+      ``inputs`` ``[B, H, W]``, ``[B, H, W, 1]``, ``[B, H, W, K]`` or
+      ``[B, D, H, W, K]`` -> ``(norm_heatmaps, coords)``: ``[B, H, W]`` and
+      ``[B, 2]`` for one 2-D point, ``[B, H, W, K]`` and ``[B, K, 2]`` for K
+      points, ``[B, D, H, W, K]`` and ``[B, K, 3]`` for volumes (also for
+      K = 1); coordinates ``(x, y[, z])`` with pixel ``i`` of ``n`` centred
+      at ``(2 i + 1) / n - 1``; input dtype kept.
 
     Example:
-      >>> net = snt.Sequential([snt.Conv2D(16, 3), tf.nn.relu, snt.Conv2D(1, 1)])
-      >>> norm_heatmaps, coords = DSNT()(net(images))
+      >>> import tensorflow as tf
+      >>> net = snt.Sequential([snt.Conv2D(16, 3), tf.nn.relu, snt.Conv2D(1, 1), DSNT()])
+      >>> norm_heatmaps, coords = net(tf.zeros([4, 28, 28, 3]))
+      >>> coords.shape
+      TensorShape([4, 2])
     """
 
     def __init__(self, method="softmax", name=None):

@@ -1,33 +1,25 @@
 """dsnt_snt.DSNT: the Sonnet 2 module over dsnt.dsnt, checked against NumPy."""
 
+import doctest
+
 import numpy as np
 import pytest
+import sonnet as snt
 import tensorflow as tf
 
-snt = pytest.importorskip("sonnet")
+import dsnt_snt
+from dsnt_snt import DSNT
+from tests.test_dsnt import np_coords, np_rectify
 
-from dsnt_snt import DSNT  # noqa: E402
-
-RNG = np.random.default_rng(99)
+RNG = None  # a fresh generator per test: conftest.py's per_test_rng
 
 pytestmark = pytest.mark.usefixtures("per_test_rng")
 
 
 def np_dsnt(x, method="softmax"):
-    """x [B, H, W, K] -> normalised maps and (x, y) expectations, float64."""
-    x = np.asarray(x, np.float64)
-    if method == "softmax":
-        r = np.exp(x - x.max(axis=(1, 2), keepdims=True))
-    elif method == "relu":
-        r = np.maximum(x, 0)
-    else:
-        raise NotImplementedError(method)
-    p = r / r.sum(axis=(1, 2), keepdims=True)
-    _, h, w, _ = x.shape
-    xs = np.linspace(-1 + 1 / w, 1 - 1 / w, w)
-    ys = np.linspace(-1 + 1 / h, 1 - 1 / h, h)
-    coords = np.stack([np.einsum("bhwk,w->bk", p, xs), np.einsum("bhwk,h->bk", p, ys)], -1)
-    return p, coords
+    """x [B, *spatial, K] -> normalised maps and (x, y[, z]) expectations, float64."""
+    p = np_rectify(x, method)
+    return p, np_coords(p)
 
 
 def test_seed_snippet_tf2():
@@ -49,6 +41,18 @@ def test_relu_multi_point_and_method_property():
     np.testing.assert_allclose(h.numpy(), p, atol=2e-7)
     np.testing.assert_allclose(c.numpy(), cref, atol=3e-7)
     assert module.variables == ()  # stateless, and says so
+
+
+def test_volumes():
+    """[B, D, H, W, K] volumes give [B, K, 3] (x, y, z), also for K = 1."""
+    module = DSNT(method="sigmoid")
+    for k in (2, 1):
+        x = RNG.normal(size=(2, 3, 5, 4, k)).astype(np.float32)
+        h, c = module(x)
+        p, cref = np_dsnt(x, "sigmoid")
+        assert h.shape == (2, 3, 5, 4, k) and c.shape == (2, k, 3)
+        np.testing.assert_allclose(h.numpy(), p, atol=2e-7)
+        np.testing.assert_allclose(c.numpy(), cref, atol=3e-7)
 
 
 def test_bad_method_fails_at_construction():
@@ -110,3 +114,8 @@ def test_saved_model_round_trip(tmp_path):
     # and a different spatial size through the same signature
     x2 = RNG.normal(size=(1, 5, 11, 1)).astype(np.float32)
     np.testing.assert_allclose(loaded.serve(x2)[1].numpy(), net(x2)[1].numpy(), atol=1e-7)
+
+
+def test_docstring_examples_run():
+    result = doctest.testmod(dsnt_snt, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 7 and result.failed == 0
