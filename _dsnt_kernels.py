@@ -12,8 +12,8 @@ three of them, with the same values and gradients to float round-off:
   XLA-compiled function, with a hand-written gradient that is itself
   differentiable (second order).
 
-``dsnt.py`` calls them while :func:`enabled` (``spatial_convention``'s
-switch: ``use_kernels(False)`` or ``SPATIAL_KERNELS=0`` run the direct
+``dsnt.py`` calls them while ``spatial_convention.kernels_enabled()``
+(``use_kernels(False)`` or ``SPATIAL_KERNELS=0`` run the direct
 definitions instead); ``spatial_convention.set_jit(False)`` keeps these
 kernels but runs their compiled parts as plain ops. The tests compare every
 kernel with the direct definition, values and gradients (second order where
@@ -33,11 +33,6 @@ import operator
 import tensorflow as tf
 
 import spatial_convention
-
-# The switch between these kernels and the direct maths. Temporary shim until
-# spatial_convention.kernels_enabled lands: kernels on.
-enabled = getattr(spatial_convention, "kernels_enabled", lambda: True)
-
 
 def _spatial_axes(rank):
     return list(range(1, rank - 1))

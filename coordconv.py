@@ -48,12 +48,16 @@ TensorShape([8, 28, 32, 16])
 """
 
 import numbers
+from typing import Literal, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
 
 import spatial_convention
-from spatial_convention import as_float_tensor, check_bool
+from spatial_convention import SizeLike, TensorLike, as_float_tensor, check_bool
+
+IntOrInts = Union[int, Sequence[int]]
+Padding = Literal["SAME", "VALID", "same", "valid"]
 
 __all__ = [
     "add_coords",
@@ -113,8 +117,13 @@ def _resolve_data_format(data_format, rank, name="data_format"):
     return num_spatial, channels_last, fmt
 
 
-def num_coord_channels(num_spatial_dims=2, with_r=False):
-    """Number of channels `add_coords` appends: one per spatial dim, +1 for r."""
+def num_coord_channels(num_spatial_dims: int = 2, with_r: bool = False) -> int:
+    """Number of channels `add_coords` appends: one per spatial dim, +1 for r.
+
+    Example:
+      >>> num_coord_channels(2, with_r=True)
+      3
+    """
     if (not isinstance(num_spatial_dims, numbers.Integral) or
             isinstance(num_spatial_dims, bool) or num_spatial_dims not in (1, 2, 3)):
         raise ValueError(f"num_spatial_dims must be 1, 2 or 3, got {num_spatial_dims!r}.")
@@ -125,8 +134,9 @@ def num_coord_channels(num_spatial_dims=2, with_r=False):
 # coordinate channels (the one place they are built)
 # --------------------------------------------------------------------------
 
-def coord_channels(spatial_shape, with_r=False, align_corners=True,
-                   dtype=tf.float32, batch_size=None):
+def coord_channels(spatial_shape: Union[Sequence[SizeLike], tf.Tensor], with_r: bool = False,
+                   align_corners: bool = True, dtype: tf.DType = tf.float32,
+                   batch_size: Optional[SizeLike] = None) -> tf.Tensor:
     """Builds the coordinate channels alone, channels-last.
 
     Args:
@@ -144,6 +154,12 @@ def coord_channels(spatial_shape, with_r=False, align_corners=True,
       ``[*spatial_shape, k]`` (or ``[batch_size, *spatial_shape, k]``) with
       ``k = len(spatial_shape) + with_r`` channels ordered x, y, (z), (r):
       x along the last spatial axis, y along the one before, z the first.
+
+    Example:
+      >>> c = coord_channels([2, 3])          # [H, W] -> [2, 3, 2]
+      >>> c[..., 0].numpy()                   # x, along the width
+      array([[-1.,  0.,  1.],
+             [-1.,  0.,  1.]], dtype=float32)
     """
     with_r = check_bool(with_r, name="with_r")
     align_corners = check_bool(align_corners, name="align_corners")
@@ -189,8 +205,8 @@ def coord_channels(spatial_shape, with_r=False, align_corners=True,
     return coords
 
 
-def add_coords(inputs, with_r=False, *, align_corners=True, data_format=None,
-               name=None):
+def add_coords(inputs: TensorLike, with_r: bool = False, *, align_corners: bool = True,
+               data_format: Optional[str] = None, name: Optional[str] = None) -> tf.Tensor:
     """Appends coordinate channels x, y (z) (r) to `inputs`.
 
     Args:
@@ -256,8 +272,10 @@ def add_coords(inputs, with_r=False, *, align_corners=True, data_format=None,
 # functional CoordConv
 # --------------------------------------------------------------------------
 
-def coord_conv(inputs, filters, strides=1, padding="SAME", with_r=False, *,
-               dilations=None, data_format=None, align_corners=True, name=None):
+def coord_conv(inputs: TensorLike, filters: TensorLike, strides: IntOrInts = 1,
+               padding: Padding = "SAME", with_r: bool = False, *,
+               dilations: Optional[IntOrInts] = None, data_format: Optional[str] = None,
+               align_corners: bool = True, name: Optional[str] = None) -> tf.Tensor:
     """N-D CoordConv: ``tf.nn.convolution(add_coords(inputs), filters, ...)``.
 
     Args:
@@ -273,6 +291,10 @@ def coord_conv(inputs, filters, strides=1, padding="SAME", with_r=False, *,
 
     Returns:
       The convolution output, e.g. ``[B, H', W', out_channels]``.
+
+    Example:
+      >>> coord_conv(tf.zeros([2, 8, 8, 3]), tf.ones([3, 3, 3 + 2, 4]), padding="VALID").shape
+      TensorShape([2, 6, 6, 4])
     """
     with_r = check_bool(with_r, name="with_r")
     with tf.name_scope(name or "coord_conv"):
@@ -312,45 +334,69 @@ def coord_conv(inputs, filters, strides=1, padding="SAME", with_r=False, *,
                                  data_format=fmt)
 
 
-def _coord_conv_nd(num_spatial):
-    def fn(inputs, filters, strides=1, padding="SAME", with_r=False, *,
-           dilations=None, data_format=None, align_corners=True, name=None):
-        inputs = as_float_tensor(inputs, name="inputs")
-        rank = inputs.shape.rank
-        if rank is not None and rank != num_spatial + 2:
-            fmt = {1: "[B, W, C]", 2: "[B, H, W, C]", 3: "[B, D, H, W, C]"}[num_spatial]
-            raise ValueError(f"inputs must have rank {num_spatial + 2} ({fmt}) for "
-                             f"coord_conv{num_spatial}d, got shape {inputs.shape}.")
-        return coord_conv(inputs, filters, strides=strides, padding=padding,
-                          with_r=with_r, dilations=dilations, data_format=data_format,
-                          align_corners=align_corners,
-                          name=name or f"coord_conv{num_spatial}d")
-    return fn
+def _check_input_rank(inputs, num_spatial, fn):
+    """The inputs as a float tensor of rank ``num_spatial + 2``, for ``fn``'s message."""
+    inputs = as_float_tensor(inputs, name="inputs")
+    if inputs.shape.rank is not None and inputs.shape.rank != num_spatial + 2:
+        layout = {1: "[B, W, C]", 2: "[B, H, W, C]", 3: "[B, D, H, W, C]"}[num_spatial]
+        raise ValueError(f"inputs must have rank {num_spatial + 2} ({layout}) for {fn}, "
+                         f"got shape {inputs.shape}.")
+    return inputs
 
 
-coord_conv1d = _coord_conv_nd(1)
-coord_conv1d.__name__ = "coord_conv1d"
-coord_conv1d.__doc__ = """1-D CoordConv on ``[B, W, C]``; `filters` ``[kw, C + 1 (+1), out]``.
+def coord_conv1d(inputs: TensorLike, filters: TensorLike, strides: IntOrInts = 1,
+                 padding: Padding = "SAME", with_r: bool = False, *,
+                 dilations: Optional[IntOrInts] = None, data_format: Optional[str] = None,
+                 align_corners: bool = True, name: Optional[str] = None) -> tf.Tensor:
+    """1-D CoordConv on ``[B, W, C]``; ``filters`` ``[kw, C + 1 (+1), out]``.
 
-See `coord_conv`: the appended channels are x (and r = |x| with `with_r`)."""
+    The appended channels are x (and ``r = |x|`` with ``with_r``); see
+    :func:`coord_conv`.
 
-coord_conv2d = _coord_conv_nd(2)
-coord_conv2d.__name__ = "coord_conv2d"
-coord_conv2d.__doc__ = """2-D CoordConv on ``[B, H, W, C]``; `filters` ``[kh, kw, C + 2 (+1), out]``.
+    Example:
+      >>> coord_conv1d(tf.zeros([2, 10, 3]), tf.ones([3, 3 + 1, 5])).shape
+      TensorShape([2, 10, 5])
+    """
+    return coord_conv(_check_input_rank(inputs, 1, "coord_conv1d"), filters, strides, padding,
+                      with_r, dilations=dilations, data_format=data_format,
+                      align_corners=align_corners, name=name or "coord_conv1d")
 
-``coord_conv2d(x, f, strides, padding, with_r)`` equals
-``tf.nn.conv2d(add_coords(x, with_r), f, strides, padding)``: input channels
-of `filters` are the C input channels, then x, y, (r). See `coord_conv`.
 
-Example:
-  >>> images = tf.zeros([4, 28, 28, 1])
-  >>> f = tf.random.normal([3, 3, 1 + 3, 8])   # with_r: C + 3
-  >>> coord_conv2d(images, f, strides=2, with_r=True).shape
-  TensorShape([4, 14, 14, 8])
-"""
+def coord_conv2d(inputs: TensorLike, filters: TensorLike, strides: IntOrInts = 1,
+                 padding: Padding = "SAME", with_r: bool = False, *,
+                 dilations: Optional[IntOrInts] = None, data_format: Optional[str] = None,
+                 align_corners: bool = True, name: Optional[str] = None) -> tf.Tensor:
+    """2-D CoordConv on ``[B, H, W, C]``; ``filters`` ``[kh, kw, C + 2 (+1), out]``.
 
-coord_conv3d = _coord_conv_nd(3)
-coord_conv3d.__name__ = "coord_conv3d"
-coord_conv3d.__doc__ = """3-D CoordConv on ``[B, D, H, W, C]``; `filters` ``[kd, kh, kw, C + 3 (+1), out]``.
+    ``coord_conv2d(x, f, strides, padding, with_r)`` equals
+    ``tf.nn.conv2d(add_coords(x, with_r), f, strides, padding)``: input
+    channels of ``filters`` are the C input channels, then x, y, (r). See
+    :func:`coord_conv`.
 
-Appended channels x (width), y (height), z (depth), (r). See `coord_conv`."""
+    Example:
+      >>> images = tf.zeros([4, 28, 28, 1])
+      >>> f = tf.random.normal([3, 3, 1 + 3, 8])   # with_r: C + 3
+      >>> coord_conv2d(images, f, strides=2, with_r=True).shape
+      TensorShape([4, 14, 14, 8])
+    """
+    return coord_conv(_check_input_rank(inputs, 2, "coord_conv2d"), filters, strides, padding,
+                      with_r, dilations=dilations, data_format=data_format,
+                      align_corners=align_corners, name=name or "coord_conv2d")
+
+
+def coord_conv3d(inputs: TensorLike, filters: TensorLike, strides: IntOrInts = 1,
+                 padding: Padding = "SAME", with_r: bool = False, *,
+                 dilations: Optional[IntOrInts] = None, data_format: Optional[str] = None,
+                 align_corners: bool = True, name: Optional[str] = None) -> tf.Tensor:
+    """3-D CoordConv on ``[B, D, H, W, C]``; ``filters`` ``[kd, kh, kw, C + 3 (+1), out]``.
+
+    Appended channels x (width), y (height), z (depth), (r). See
+    :func:`coord_conv`.
+
+    Example:
+      >>> coord_conv3d(tf.zeros([1, 4, 5, 6, 2]), tf.ones([3, 3, 3, 2 + 3, 4])).shape
+      TensorShape([1, 4, 5, 6, 4])
+    """
+    return coord_conv(_check_input_rank(inputs, 3, "coord_conv3d"), filters, strides, padding,
+                      with_r, dilations=dilations, data_format=data_format,
+                      align_corners=align_corners, name=name or "coord_conv3d")

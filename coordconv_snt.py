@@ -14,7 +14,7 @@ Example:
 """
 
 import numbers
-
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import coordconv
 from spatial_convention import as_float_tensor, check_bool, missing_extra
@@ -28,13 +28,16 @@ __all__ = ["CoordConv1D", "CoordConv2D", "CoordConv3D"]
 
 
 class _CoordConvND(snt.Module):
-    _NUM_SPATIAL = None
-    _CONV = None
-    _DATA_FORMATS = ()
+    _NUM_SPATIAL: int = 0
+    _CONV: Any = None
+    _DATA_FORMATS: Tuple[str, ...] = ()
 
-    def __init__(self, output_channels, kernel_shape, stride=1, rate=1,
-                 padding="SAME", with_bias=True, w_init=None, b_init=None,
-                 data_format=None, name=None, *, with_r=False, align_corners=True):
+    def __init__(self, output_channels: int, kernel_shape: Union[int, Sequence[int]],
+                 stride: Union[int, Sequence[int]] = 1, rate: Union[int, Sequence[int]] = 1,
+                 padding: Union[str, Callable] = "SAME", with_bias: bool = True,
+                 w_init: Optional[Any] = None, b_init: Optional[Any] = None,
+                 data_format: Optional[str] = None, name: Optional[str] = None, *,
+                 with_r: bool = False, align_corners: bool = True):
         super().__init__(name=name)
         n = self._NUM_SPATIAL
         if data_format is None:
@@ -123,6 +126,11 @@ class CoordConv1D(_CoordConvND):
 
     Arguments are those of `snt.Conv1D` (data_format 'NWC' or 'NCW') plus
     keyword-only `with_r` and `align_corners` (see `coordconv.add_coords`).
+
+    Example:
+      >>> import tensorflow as tf
+      >>> CoordConv1D(output_channels=4, kernel_shape=3)(tf.zeros([2, 10, 1])).shape
+      TensorShape([2, 10, 4])
     """
     _NUM_SPATIAL = 1
     _CONV = snt.Conv1D
@@ -141,6 +149,14 @@ class CoordConv2D(_CoordConvND):
 
     The internal convolution is `self.conv`; its kernel `self.w` has
     ``C + 2 (+1)`` input channels: the input's, then x, y, (r).
+
+    Example:
+      >>> import tensorflow as tf
+      >>> conv = CoordConv2D(output_channels=16, kernel_shape=3, with_r=True)
+      >>> conv(tf.zeros([8, 28, 32, 3])).shape
+      TensorShape([8, 28, 32, 16])
+      >>> conv.w.shape          # 3 input channels + x, y, r
+      TensorShape([3, 3, 6, 16])
     """
     _NUM_SPATIAL = 2
     _CONV = snt.Conv2D
@@ -152,6 +168,11 @@ class CoordConv3D(_CoordConvND):
 
     Arguments are those of `snt.Conv3D` (data_format 'NDHWC' or 'NCDHW') plus
     keyword-only `with_r` and `align_corners`.
+
+    Example:
+      >>> import tensorflow as tf
+      >>> CoordConv3D(output_channels=2, kernel_shape=3)(tf.zeros([1, 4, 5, 6, 1])).shape
+      TensorShape([1, 4, 5, 6, 2])
     """
     _NUM_SPATIAL = 3
     _CONV = snt.Conv3D

@@ -313,12 +313,7 @@ def fwhm_to_sigma(fwhm):
 
 def _sigma(fwhm, dtype):
     """sigma in pixels of a fwhm checked positive; a tensor fwhm keeps its gradient."""
-    checked = check_positive(fwhm, name="fwhm", dtype=dtype)
-    if isinstance(fwhm, (tf.Tensor, tf.Variable)) and tf.get_static_value(checked) is not None:
-        # The check read the value (eagerly) and returned a new constant: use
-        # the tensor itself, which passed, so that a learned width trains.
-        checked = tf.cast(fwhm, dtype)
-    return fwhm_to_sigma(checked)
+    return fwhm_to_sigma(check_positive(fwhm, name="fwhm", dtype=dtype))
 
 
 def sigma_to_fwhm(sigma):
@@ -401,7 +396,7 @@ def _expectation(p):
 
 def _dsnt(x, method):
     """(p, E_p[coordinates]) of maps x [B, *spatial, K]: the kernels' version if enabled."""
-    if _dsnt_kernels.enabled():
+    if spatial_convention.kernels_enabled():
         return _dsnt_kernels.dsnt(x, method, normalize=_normalize, expectation=_expectation)
     p = _normalize(x, method)
     return p, _expectation(p)
@@ -649,7 +644,7 @@ def _js(p, c, sigma):
 
     dsntnn's ``_js``: 0.5 KL(p || m) + 0.5 KL(q || m), m = (p + q) / 2.
     """
-    if _dsnt_kernels.enabled():
+    if spatial_convention.kernels_enabled():
         return _dsnt_kernels.js_divergence(p, c, sigma, gauss_log_factors=_gauss_log_factors,
                                            eps=_EPS)
     q = _gauss(c, _spatial_sizes(p), sigma)

@@ -247,6 +247,8 @@ def check_size(value: Any, *, name: str, ndim: Sequence[int] = (2,),
 def check_positive(value: Any, *, name: str, dtype: tf.DType) -> tf.Tensor:
     """A positive finite scalar of ``dtype``: checked at once if static, else asserted.
 
+    A tensor comes back as a tensor of ``dtype`` (its gradient kept).
+
     Example:
       >>> float(check_positive(2, name="fwhm", dtype=tf.float32))
       2.0
@@ -263,7 +265,8 @@ def check_positive(value: Any, *, name: str, dtype: tf.DType) -> tf.Tensor:
     t = tf.cast(t, dtype)
     static = tf.get_static_value(t)
     if static is not None:
-        return check_positive(float(static), name=name, dtype=dtype)
+        check_positive(float(static), name=name, dtype=dtype)
+        return t   # the tensor itself, so that a learned value keeps its gradient
     return with_assertions([tf.debugging.assert_positive(t, message=f"{name} must be positive")],
                            lambda: tf.identity(t))
 

@@ -1,7 +1,8 @@
 """Every public docstring's example runs, and every public name has one.
 
 The examples run as doctests with their module's namespace (as
-``python -m doctest`` would), so the results they show are checked.
+``python -m doctest`` would) plus the module itself under its name (as
+after ``import dsnt``), so the results they show are checked.
 """
 import doctest
 import importlib
@@ -21,7 +22,7 @@ def test_examples_run(name):
     module = importlib.import_module(name)
     finder = doctest.DocTestFinder(exclude_empty=True)
     runner = doctest.DocTestRunner(optionflags=FLAGS)
-    tests = [t for t in finder.find(module, name) if t.examples]
+    tests = [t for t in finder.find(module, name, extraglobs={name: module}) if t.examples]
     assert tests, f"{name} has no examples"
     with np.printoptions(legacy="1.25"):   # scalars print as 1.5, not np.float32(1.5)
         for test in tests:
