@@ -1,7 +1,9 @@
-"""Every demo notebook at the repository root executes without error."""
+"""Every demo notebook at the repository root executes without error (quick mode) and is
+committed executed (full mode, in order, with its figures)."""
 import glob
 import os
 
+import nbformat
 import pytest
 
 from tests import nbrun
@@ -12,7 +14,7 @@ NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "*.ipynb")))
 
 def test_demo_notebooks_exist():
     names = {os.path.basename(p) for p in NOTEBOOKS}
-    assert {"Sanity Check.ipynb", "Keras_demo.ipynb"} <= names
+    assert {"Sanity Check.ipynb", "Keras_demo.ipynb", "Registration.ipynb"} <= names
 
 
 @pytest.mark.slow
@@ -25,8 +27,19 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     errors = [o for c in nb.cells if c.cell_type == "code"
               for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
-    # A committed notebook must render for a reader: it carries its outputs.
-    committed = __import__("nbformat").read(path, as_version=4)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+def test_notebook_committed_executed(path):
+    # A committed notebook must render for a reader: run top to bottom in one
+    # kernel (./run.sh demos), in full mode, with its outputs and figures.
+    committed = nbformat.read(path, as_version=4)
     code = [c for c in committed.cells if c.cell_type == "code"]
-    assert code and all(c.get("execution_count") for c in code), \
-        f"{os.path.basename(path)} is not committed executed (run ./run.sh demos)"
+    name = os.path.basename(path)
+    assert code and [c.get("execution_count") for c in code] == list(range(1, len(code) + 1)), \
+        f"{name} is not committed executed in order (run ./run.sh demos)"
+    outputs = [o for c in code for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"], f"{name} has an error output"
+    assert any("image/png" in o.get("data", {}) for o in outputs), f"{name} has no figures"
+    assert not any("SPATIAL_DEMO_QUICK=1" in o.get("text", "") for o in outputs), \
+        f"{name} was committed from a quick-mode run (run ./run.sh demos)"
