@@ -185,18 +185,49 @@ def test_load_mnist_npz_and_idx(tmp_path):
 
 # ---------------------------------------------------------------- models / metrics
 
-@pytest.mark.skipif(not _stn_available(), reason="stn.py not present yet")
-@pytest.mark.parametrize("transform", ["affine", "diffeo", "attention", "projective"])
+def _needs_family(name):
+    """Skips a TPS case until stn.py has the "tps" family (issue 16 part 1)."""
+    import stn
+    return pytest.mark.skipif(
+        name not in stn.TRANSFORMS,
+        reason=f"stn.py has no {name!r} transform family yet (issue 16 part 1, in progress)")
+
+
+_FAMILY_CASES = [pytest.param(stem, marks=_needs_family(fam[0]))
+                 for stem, fam in config_lib.FAMILIES.items()]
+
+
+@pytest.mark.parametrize("stem", _FAMILY_CASES)
 @pytest.mark.parametrize("coordconv", [False, True])
-def test_stn_models_start_at_identity(transform, coordconv):
+def test_stn_models_start_at_identity(stem, coordconv):
+    """Every variant's localisation net starts at its family's identity, and
+    the warp it makes then returns the input."""
+    import stn
+    transform, options = config_lib.FAMILIES[stem]
+    family = stn.transform_family(transform, 2, **options)
     tf.random.set_seed(0)
-    m = models.STNClassifier(transform, loc_coordconv=coordconv)
+    variant = stem + ("_coordconv" if coordconv else "")
+    m = models.build_model(variant, config_lib.Config())
+    assert m.loc.conv1.__class__.__name__ == ("CoordConv2D" if coordconv else "Conv2D")
     x = tf.random.uniform([3, 32, 32, 1], seed=1)
     m(x)
-    theta = tf.reshape(m.theta(x), [3, -1]).numpy()
-    ident = [1, 0, 0, 0, 1, 0] if theta.shape[1] == 6 else [1, 0, 0, 0, 1, 0, 0, 0, 1]
-    np.testing.assert_allclose(theta, np.tile(ident, (3, 1)), atol=1e-6)
+    theta = m.theta(x).numpy()
+    want = {"affine": [[1, 0, 0], [0, 1, 0]], "diffeomorphic": [[1, 0, 0], [0, 1, 0]],
+            "attention": [[1, 0, 0], [0, 1, 0]],
+            "projective": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]}.get(transform)
+    if want is not None:
+        np.testing.assert_allclose(theta, np.tile(want, (3, 1, 1)), atol=1e-6)
+    else:   # TPS: theta is the source control points, [B, N, 2], identity = the lattice
+        assert theta.shape == (3, 16, 2) and family.num_params == 32
+        np.testing.assert_allclose(theta.reshape(3, -1),
+                                   np.tile(family.identity_params, (3, 1)), atol=1e-6)
     np.testing.assert_allclose(m.transform_images(x).numpy(), x.numpy(), atol=1e-5)
+
+
+def test_variants_cover_every_family_with_and_without_coordconv():
+    assert set(config_lib.VARIANTS) == {"baseline"} | {
+        stem + cc for stem in config_lib.FAMILIES for cc in ("", "_coordconv")}
+    assert config_lib.FAMILIES["stn_tps"] == ("tps", {"control_points": 4})
 
 
 def test_evaluate_matches_sklearn_log_loss():
