@@ -6,8 +6,10 @@
 For each output directory of `experiments.stn_classify` (one distortion
 each), rebuilds its test set from the recorded config (the data depend only
 on data_seed), restores every STN variant's final checkpoint and draws one
-block per directory: the first test inputs, then each variant's output for
-those same inputs.
+block per distortion: the first test inputs, then each variant's output for
+those same inputs. Directories of the same distortion (e.g. separate runs of
+different variants on the same data) share one block; their inputs must be
+identical.
 """
 import argparse
 import json
@@ -75,7 +77,17 @@ def main(argv=None):
     p.add_argument("-n", type=int, default=10, help="test images per block")
     p.add_argument("--seed", type=int, default=None, help="model seed (default: the first run)")
     args = p.parse_args(argv)
-    figure([transformed(d, args.n, args.seed) for d in args.dirs], args.out)
+    blocks = {}
+    for d in args.dirs:
+        distortion, x, y, outputs = transformed(d, args.n, args.seed)
+        if distortion in blocks:
+            if not np.array_equal(blocks[distortion][1], x):
+                raise ValueError(f"{d}: its {distortion} test inputs differ from an earlier "
+                                 "directory's (different data config?)")
+            blocks[distortion][3].update(outputs)
+        else:
+            blocks[distortion] = (distortion, x, y, dict(outputs))
+    figure(list(blocks.values()), args.out)
     print(f"wrote {args.out}")
     return 0
 
