@@ -94,11 +94,12 @@ MODEL_NAMES = {"baseline": "CNN (baseline)", "stn": "ST-CNN affine",
 DISTORTION_ORDER = ["R", "RTS", "P", "E", "cluttered", "custom"]
 
 
-def collect(dirs):
-    """{(distortion, variant): {seed: test error %}} over results.json files.
+def collect(dirs, field="error"):
+    """{(distortion, variant): {seed: value}} over results.json files.
 
-    The same (dataset, distortion, variant, seed) in two directories is an
-    error (it would be counted twice).
+    field: "error" (test error %) or "seconds" (training time of the run).
+    The same (distortion, variant, seed) in two directories is an error (it
+    would be counted twice).
     """
     cells, datasets = {}, set()
     for d in dirs:
@@ -111,7 +112,8 @@ def collect(dirs):
             seeds = cells.setdefault(key, {})
             if r["seed"] in seeds:
                 raise ValueError(f"{key} seed {r['seed']} appears twice (again in {d})")
-            seeds[r["seed"]] = 100.0 * (1.0 - r["test_accuracy"])
+            seeds[r["seed"]] = (100.0 * (1.0 - r["test_accuracy"]) if field == "error"
+                                else r["train_seconds"])
     return cells, datasets
 
 
@@ -146,6 +148,38 @@ def table1(dirs):
     return "\n".join(lines)
 
 
+def table1_details(dirs):
+    """Markdown: per-seed test errors, Welch's t-tests of the errors for the
+    comparisons of interest, and the mean training time per run."""
+    cells, _ = collect(dirs)
+    secs, _ = collect(dirs, "seconds")
+    seeds = sorted({s for v in cells.values() for s in v})
+    lines = ["| distortion | model | " + " | ".join(f"seed {s}" for s in seeds)
+             + " | train time per run (s) |",
+             "| --- | --- |" + " ---: |" * (len(seeds) + 1)]
+    keys = sorted(cells, key=lambda k: (DISTORTION_ORDER.index(k[0]), k[1]))
+    for d, v in keys:
+        vals = [f"{cells[d, v][s]:.1f}" if s in cells[d, v] else "" for s in seeds]
+        lines.append(f"| {d} | {v} | " + " | ".join(vals)
+                     + f" | {np.mean(list(secs[d, v].values())):.0f} |")
+    pairs = [("stn", "baseline"), ("stn_projective", "stn"), ("stn_tps", "stn"),
+             ("stn_coordconv", "stn"), ("stn_tps", "stn_projective")]
+    tests = []
+    for d in [x for x in DISTORTION_ORDER if any(k[0] == x for k in cells)]:
+        got = []
+        for a, b in pairs:
+            if (d, a) in cells and (d, b) in cells:
+                ea, eb = list(cells[d, a].values()), list(cells[d, b].values())
+                got.append(f"{a} vs {b} {np.mean(ea) - np.mean(eb):+.2f} points, "
+                           f"p = {_welch_p(ea, eb):.2g}")
+        if got:
+            tests.append(f"* {d}: " + "; ".join(got) + ".")
+    if tests:
+        lines += ["", "Welch's t-test on the test error over seeds (difference of the "
+                  "means, in percentage points):", ""] + tests
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("dirs", nargs="+", help="experiment output directories (with results.json)")
@@ -157,7 +191,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.table1:
-        print(table1(args.dirs))
+        print(table1(args.dirs) + "\n\n" + table1_details(args.dirs))
         return 0
     for d in args.dirs:
         print(f"### {d}\n\n{report(d)}\n")

@@ -455,7 +455,8 @@ def test_distortion_config_errors(argv, words, capsys):
 def _fake_results(path, distortion, runs):
     os.makedirs(path, exist_ok=True)
     doc = dict(config=dict(dataset="mnist5k", distortion=distortion),
-               runs=[dict(variant=v, seed=s, test_accuracy=acc) for v, s, acc in runs])
+               runs=[dict(variant=v, seed=s, test_accuracy=acc, train_seconds=10.0 + s)
+                     for v, s, acc in runs])
     with open(os.path.join(path, "results.json"), "w") as f:
         json.dump(doc, f)
     return str(path)
@@ -463,16 +464,21 @@ def _fake_results(path, distortion, runs):
 
 def test_table1_layout_means_and_paper_numbers(tmp_path):
     from experiments import report
-    dirs = [_fake_results(tmp_path / f"R{s}", "R", [("baseline", s, acc), ("stn", s, 0.99)])
-            for s, acc in enumerate([0.98, 0.97, 0.96])]
+    dirs = [_fake_results(tmp_path / f"R{s}", "R", [("baseline", s, acc), ("stn", s, acc2)])
+            for s, (acc, acc2) in enumerate([(0.98, 0.99), (0.97, 0.985), (0.96, 0.98)])]
     dirs.append(_fake_results(tmp_path / "C", "cluttered", [("stn_projective", 0, 0.9)]))
     md = report.table1(dirs).split("\n")
     assert md[0] == "| model | R: ours | R: paper | cluttered: ours | cluttered: paper |"
     assert md[2] == "| CNN (baseline) | 3.00 ± 1.00 (3 seeds) | 1.2 |  | 3.5 |"
-    assert md[3].startswith("| ST-CNN affine | 1.00 ± 0.00 (3 seeds) | 0.7 |  | 1.7 |")
+    assert md[3] == "| ST-CNN affine | 1.50 ± 0.50 (3 seeds) | 0.7 |  | 1.7 |"
     assert md[4] == "| ST-CNN projective |  | 0.8 | 10.00 (1 seed) |  |"
     with pytest.raises(ValueError, match="appears twice"):
         report.table1(dirs + [dirs[0]])
+    details = report.table1_details(dirs)
+    assert "| R | baseline | 2.0 | 3.0 | 4.0 | 11 |" in details
+    from scipy import stats
+    p = stats.ttest_ind([1.0, 1.5, 2.0], [2.0, 3.0, 4.0], equal_var=False).pvalue
+    assert f"R: stn vs baseline -1.50 points, p = {p:.2g}." in details
 
 
 @pytest.mark.slow
