@@ -155,7 +155,7 @@ def table1_details(dirs):
     secs, _ = collect(dirs, "seconds")
     seeds = sorted({s for v in cells.values() for s in v})
     lines = ["| distortion | model | " + " | ".join(f"seed {s}" for s in seeds)
-             + " | train time per run (s) |",
+             + " | wall-clock training time per run (s) |",
              "| --- | --- |" + " ---: |" * (len(seeds) + 1)]
     keys = sorted(cells, key=lambda k: (DISTORTION_ORDER.index(k[0]), k[1]))
     for d, v in keys:
@@ -170,8 +170,9 @@ def table1_details(dirs):
         for a, b in pairs:
             if (d, a) in cells and (d, b) in cells:
                 ea, eb = list(cells[d, a].values()), list(cells[d, b].values())
-                got.append(f"{a} vs {b} {np.mean(ea) - np.mean(eb):+.2f} points, "
-                           f"p = {_welch_p(ea, eb):.2g}")
+                test = (f"p = {_welch_p(ea, eb):.2g}" if min(len(ea), len(eb)) > 1
+                        else "one seed, no test")
+                got.append(f"{a} vs {b} {np.mean(ea) - np.mean(eb):+.2f} points, {test}")
         if got:
             tests.append(f"* {d}: " + "; ".join(got) + ".")
     if tests:

@@ -270,7 +270,9 @@ def train_one(cfg, variant, seed, ds, run_dir, strategy=None, chief=True, chief_
     writer = None
     if cfg.tensorboard and chief:
         writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb"))
-    grid_x = x_te[:GRID_N]
+    from experiments.figures import spread_over_classes
+    grid_idx = spread_over_classes(y_te, GRID_N)
+    grid_x = x_te[grid_idx]
     n_batches = int(np.ceil(len(x_tr) / cfg.batch_size))
     step, t0 = (start - 1) * n_batches, time.time()
     label = f"{variant} seed {seed}"
@@ -350,7 +352,7 @@ def train_one(cfg, variant, seed, ds, run_dir, strategy=None, chief=True, chief_
         if isinstance(model, models.STNClassifier):
             plots.transform_grid_figure(grid_x, {variant: np.clip(warped, 0, 1)},
                                         os.path.join(run_dir, "transforms.png"),
-                                        labels=y_te[:GRID_N])
+                                        labels=y_te[grid_idx])
     return result, warped
 
 
@@ -515,9 +517,11 @@ def _run(cfg, argv):
                             os.path.join(out, "curves.png"),
                             "mean over seeds (band: min-max)" if len(cfg.seeds) > 1 else "")
         if warped_by_variant:
-            plots.transform_grid_figure(ds["x_test"][:GRID_N], warped_by_variant,
+            from experiments.figures import spread_over_classes
+            grid_idx = spread_over_classes(ds["y_test"], GRID_N)
+            plots.transform_grid_figure(ds["x_test"][grid_idx], warped_by_variant,
                                         os.path.join(out, "transforms.png"),
-                                        labels=ds["y_test"][:GRID_N])
+                                        labels=ds["y_test"][grid_idx])
     _log(cfg, "\n" + table)
     _log(cfg, f"\ntotal {time.time() - t0:.0f} s; results in {out}/results.json")
     return doc

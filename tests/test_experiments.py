@@ -479,6 +479,7 @@ def test_table1_layout_means_and_paper_numbers(tmp_path):
     from scipy import stats
     p = stats.ttest_ind([1.0, 1.5, 2.0], [2.0, 3.0, 4.0], equal_var=False).pvalue
     assert f"R: stn vs baseline -1.50 points, p = {p:.2g}." in details
+    assert "cluttered" not in details.split("Welch")[1]    # one model only: no comparison
 
 
 @pytest.mark.slow
@@ -520,3 +521,10 @@ def test_smoke_tps_variant(variant, tmp_path):
     p_tps(x)
     # the TPS localisation head predicts 2 x 16 numbers instead of 6
     assert stn_classify.count_params(p_tps) - stn_classify.count_params(p_affine) == (32 - 6) * 33
+
+
+def test_spread_over_classes_takes_classes_in_turn():
+    from experiments.figures import spread_over_classes
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    assert spread_over_classes(labels, 5).tolist() == [0, 3, 5, 1, 4]
+    assert spread_over_classes(labels, 10).tolist() == [0, 3, 5, 1, 4, 2]
