@@ -6,8 +6,12 @@
   5x5 -> pool -> fc -> fc, the PyTorch STN tutorial's shape), with plain or
   CoordConv convolutions; its last layer starts at the identity transform
   (zero weights, identity bias).
-* `STNClassifier`: localisation net -> `stn.spatial_transformer_network` ->
-  classifier.
+* `STNClassifier`: localisation net -> the family's warp -> classifier.
+
+Every transform family (affine, diffeomorphic, attention, projective, TPS,
+...) comes from `stn.transform_family`: its parameter count, identity
+parameters, params -> theta map and warp. Nothing here depends on which
+family it is.
 """
 import sonnet as snt
 import tensorflow as tf
@@ -15,19 +19,15 @@ import tensorflow as tf
 import stn
 from coordconv_snt import CoordConv2D
 
-# The experiments call stn's "diffeomorphic" family "diffeo" (variant and
-# run names); every family's parameter count, identity parameters and
-# params -> theta map come from stn.transform_family.
-_STN_NAMES = {"diffeo": "diffeomorphic"}
+
+def family(transform, options=None):
+    """``stn.transform_family(transform, ndim=2, **options)``."""
+    return stn.transform_family(transform, 2, **dict(options or {}))
 
 
-def _stn_transform(transform):
-    return _STN_NAMES.get(transform, transform)
-
-
-def identity_params(transform):
+def identity_params(transform, options=None):
     """Parameters that the transform family maps to the identity."""
-    return list(stn.transform_family(_stn_transform(transform)).identity_params)
+    return list(family(transform, options).identity_params)
 
 
 def _conv(coordconv, with_r, channels, kernel, name):
@@ -62,30 +62,39 @@ class Classifier(_ConvNet):
 
 class LocalisationNet(_ConvNet):
     def __init__(self, transform="affine", coordconv=False, with_r=False,
-                 channels=(8, 10), hidden=32, name="localisation"):
+                 channels=(8, 10), hidden=32, options=None, name="localisation"):
         super().__init__(name=name)
-        n = stn.transform_family(_stn_transform(transform)).num_params
+        fam = family(transform, options)
         self.conv1 = _conv(coordconv, with_r, channels[0], 7, "conv1")
         self.conv2 = _conv(coordconv, with_r, channels[1], 5, "conv2")
         self.fc1 = snt.Linear(hidden, name="fc1")
-        self.fc2 = snt.Linear(n, w_init=snt.initializers.Zeros(),
-                              b_init=tf.constant_initializer(identity_params(transform)),
+        self.fc2 = snt.Linear(fam.num_params, w_init=snt.initializers.Zeros(),
+                              b_init=tf.constant_initializer(list(fam.identity_params)),
                               name="fc2")
 
 
 class STNClassifier(snt.Module):
+    """Localisation net -> warp by the predicted transform -> classifier.
+
+    `transform` names a family of `stn.TRANSFORMS`; `options` are further
+    keyword arguments of `stn.transform_family` (e.g. ``control_points`` for
+    "tps").
+    """
+
     def __init__(self, transform="affine", loc_coordconv=False, with_r=False,
-                 classifier_coordconv=False, num_classes=10, name="stn_classifier"):
+                 classifier_coordconv=False, num_classes=10, options=None,
+                 name="stn_classifier"):
         super().__init__(name=name)
         self.transform = transform
-        self.loc = LocalisationNet(transform, loc_coordconv, with_r)
+        self.family = family(transform, options)
+        self.loc = LocalisationNet(transform, loc_coordconv, with_r, options=options)
         self.classifier = Classifier(num_classes, coordconv=classifier_coordconv, with_r=with_r)
 
     def theta(self, x):
-        return stn.transform_theta(_stn_transform(self.transform), self.loc(x))
+        return self.family.theta(self.loc(x))
 
     def transform_images(self, x):
-        return stn.spatial_transformer_network(x, self.theta(x))
+        return self.family.warp(x, self.theta(x))
 
     def __call__(self, x, return_transformed=False):
         warped = self.transform_images(x)
@@ -102,10 +111,11 @@ class PlainClassifier(Classifier):
 
 def build_model(variant, cfg, num_classes=10):
     from experiments.config import VARIANTS
-    transform, loc_cc = VARIANTS[variant]
-    if transform is None:
+    fam, loc_cc = VARIANTS[variant]
+    if fam is None:
         return PlainClassifier(num_classes, coordconv=cfg.coordconv_classifier,
                                with_r=cfg.coordconv_with_r, name=variant)
+    transform, options = fam
     return STNClassifier(transform, loc_coordconv=loc_cc, with_r=cfg.coordconv_with_r,
                          classifier_coordconv=cfg.coordconv_classifier,
-                         num_classes=num_classes, name=variant)
+                         num_classes=num_classes, options=options, name=variant)

