@@ -79,6 +79,18 @@ def perturb(layer, scale=0.1):
 
 
 @pytest.fixture
+def plain_ops():
+    """stn's inner functions as plain TensorFlow ops, for eager checks of what a layer hands
+    to stn: eagerly, XLA would compile every kernel (and its gradient) for each new shape and
+    option. The 2-D checks and the models (predict, export, fit with jit_compile) run
+    the compiled kernels."""
+    previous = spatial_convention.jit_enabled()
+    spatial_convention.set_jit(False)
+    yield
+    spatial_convention.set_jit(previous)
+
+
+@pytest.fixture
 def mixed_float16():
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_float16")
@@ -213,7 +225,7 @@ TPS_POINTS = np.array([[-0.6, -0.5], [0.7, -0.6], [0.0, 0.7], [0.1, 0.0]], np.fl
 @pytest.mark.parametrize("control_points, stored", [
     (3, 3), ((2, 3), [2, 3]), (TPS_POINTS, TPS_POINTS.astype(np.float64).tolist())],
     ids=["k", "rows-cols", "points"])
-def test_tps_control_points_in_every_form(control_points, stored):
+def test_tps_control_points_in_every_form(control_points, stored, plain_ops):
     """Identity, head -> source points -> the thin-plate grid, and a JSON config."""
     x = images()
     st = SpatialTransformer(loc_net(), "tps", control_points=control_points, return_theta=True)
@@ -235,7 +247,7 @@ def test_tps_control_points_in_every_form(control_points, stored):
     np.testing.assert_array_equal(clone(x)[0].numpy(), out.numpy())
 
 
-def test_tps_with_given_source_points():
+def test_tps_with_given_source_points(plain_ops):
     x = images()
     source = stn.control_point_lattice(2, 3).numpy() + RNG.normal(0, 0.1, (3, 6, 2))
     source = source.astype(np.float32)
@@ -257,7 +269,7 @@ def test_tps_with_given_source_points():
 # --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("transform", FAMILIES_3D)
-def test_volumes_start_at_the_identity_and_warp_by_the_head(transform):
+def test_volumes_start_at_the_identity_and_warp_by_the_head(transform, plain_ops):
     x = images(VOLUME)
     st = SpatialTransformer(loc_net_3d(), transform, padding_mode="border", return_theta=True)
     out, theta = st(x)
@@ -292,7 +304,7 @@ def test_volumes_with_a_given_theta_equal_the_functional_layer():
     np.testing.assert_array_equal(model.predict([x, identity("projective", 2, 3)], verbose=0), x)
 
 
-def test_volume_constraints():
+def test_volume_constraints(plain_ops):
     st = SpatialTransformer(loc_net_3d(), constraints=stn.AffineWarpConstraints.translation_only(3),
                             return_theta=True)
     x = images(VOLUME)
@@ -302,7 +314,7 @@ def test_volume_constraints():
     np.testing.assert_array_equal(out.numpy(), x)
 
 
-def test_grid_sample_on_volumes():
+def test_grid_sample_on_volumes(plain_ops):
     x = images(VOLUME)
     grid = RNG.uniform(-1.3, 1.3, (2, 3, 4, 5, 3)).astype(np.float32)
     for options in (dict(), dict(align_corners=True, padding_mode="reflection",
@@ -315,8 +327,12 @@ def test_grid_sample_on_volumes():
     z, y, x_ = np.meshgrid(*[(2 * np.arange(n) + 1) / n - 1 for n in (2, 4, 8)], indexing="ij")
     identity_grid = np.tile(np.stack([x_, y, z], -1)[None], (2, 1, 1, 1, 1)).astype(np.float32)
     np.testing.assert_array_equal(GridSample()(v, identity_grid).numpy(), v)
-    # Gradients to the volume and the grid: those of the functional sampler.
-    x, grid = tf.constant(x), tf.constant(grid)
+
+
+def test_grid_sample_gradients_on_volumes(plain_ops):
+    """Gradients to the volume and the grid: those of the functional sampler."""
+    x = tf.constant(images(VOLUME))
+    grid = tf.constant(RNG.uniform(-1.3, 1.3, (2, 3, 4, 5, 3)).astype(np.float32))
     weight = tf.constant(RNG.standard_normal((2, 3, 4, 5, 2)).astype(np.float32))
     with tf.GradientTape(persistent=True) as tape:
         tape.watch([x, grid])
@@ -327,7 +343,7 @@ def test_grid_sample_on_volumes():
         np.testing.assert_array_equal(got.numpy(), want.numpy())
 
 
-def test_volumes_compute_their_output_shape():
+def test_volumes_compute_their_output_shape(plain_ops):
     st = SpatialTransformer(out_dims=(4, 5, 6))
     assert st.compute_output_shape((None, 8, 8, 8, 2), (None, 3, 4)) == (None, 4, 5, 6, 2)
     assert GridSample().compute_output_shape((2, 8, 8, 8, 1), (2, 3, 4, 5, 3)) == (2, 3, 4, 5, 1)
@@ -354,7 +370,7 @@ def test_volumes_compute_their_output_shape():
 # --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("shape", [(2, 6, 7, 3), VOLUME], ids=["2d", "3d"])
-def test_warp_equals_the_functional_warp(shape):
+def test_warp_equals_the_functional_warp(shape, plain_ops):
     x = images(shape)
     n = len(shape) - 2
     field = RNG.normal(0, 1.5, shape[:-1] + (n,)).astype(np.float32)
@@ -371,7 +387,7 @@ def test_warp_equals_the_functional_warp(shape):
 
 
 @pytest.mark.parametrize("shape", [(2, 6, 7), VOLUME[:-1]], ids=["2d", "3d"])
-def test_integrate_velocity_equals_the_functional_integration(shape):
+def test_integrate_velocity_equals_the_functional_integration(shape, plain_ops):
     n = len(shape) - 1
     velocity = RNG.normal(0, 1.0, shape + (n,)).astype(np.float32)
     for options in (dict(), dict(steps=3, units="normalized", align_corners=True)):
@@ -385,7 +401,21 @@ def test_integrate_velocity_equals_the_functional_integration(shape):
     np.testing.assert_allclose(IntegrateVelocity()(flow).numpy(), flow, rtol=0, atol=1e-6)
 
 
-def test_dense_field_gradients_equal_those_of_the_functional_api():
+def test_dense_fields_with_unknown_spatial_sizes(plain_ops):
+    """One model, fields of two sizes (full-resolution volumes are rarely all one size)."""
+    image, velocity = keras.Input((None, None, 1)), keras.Input((None, None, 2))
+    displacement = IntegrateVelocity(3)(velocity)
+    moved = Warp()(image, displacement)
+    assert moved.shape == (None, None, None, 1) and displacement.shape == (None, None, None, 2)
+    model = keras.Model([image, velocity], moved)
+    for shape in ((2, 5, 7), (1, 9, 4)):
+        x, v = images(shape + (1,)), RNG.normal(0, 1.0, shape + (2,)).astype(np.float32)
+        want = stn.warp(x, stn.integrate_velocity(v, 3)).numpy()
+        # A graph against eager ops: float32 round-off of values in [0, 1].
+        np.testing.assert_allclose(model.predict([x, v], verbose=0), want, rtol=0, atol=1e-6)
+
+
+def test_dense_field_gradients_equal_those_of_the_functional_api(plain_ops):
     x = tf.constant(images((2, 6, 7, 2)))
     v = tf.constant(RNG.normal(0, 1.0, (2, 6, 7, 2)).astype(np.float32))
     weight = tf.constant(RNG.standard_normal((2, 6, 7, 2)).astype(np.float32))
@@ -403,7 +433,7 @@ def test_dense_field_gradients_equal_those_of_the_functional_api():
 # --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("ndim", [2, 3], ids=["2d", "3d"])
-def test_gradients_equal_those_of_the_functional_layer(ndim):
+def test_gradients_equal_those_of_the_functional_layer(ndim, plain_ops):
     shape, loc = ((3, 12, 10, 2), loc_net()) if ndim == 2 else (VOLUME, loc_net_3d())
     x = tf.constant(images(shape))
     st = SpatialTransformer(loc, "similarity", return_theta=True)
