@@ -3,9 +3,11 @@
 ``DSNT`` turns heatmap logits into normalised heatmaps and coordinates; the
 losses wrap ``dsnt``'s per-point losses in Keras's ``(y_true, y_pred)``
 contract so that ``model.compile`` can train a two-output model. Coordinates
-are (x, y) in the project's convention: -1 and 1 are the outer edges of the
-image, pixel ``i`` of ``n`` is centred at ``(2 i + 1) / n - 1``. TensorFlow
-backend only.
+are (x, y) (volumes: (x, y, z), z along the depth) in the project's
+convention: -1 and 1 are the outer edges of the image, pixel ``i`` of ``n``
+is centred at ``(2 i + 1) / n - 1``. The losses take whatever ``dsnt``'s
+functions take: 2-D points and heatmaps, and 3-D ones where the core has
+them. TensorFlow backend only.
 
 Example:
 
@@ -106,7 +108,8 @@ class EuclideanLoss(_DSNTLoss):
     """Distance between target and predicted points: ``dsnt.euclidean_loss``.
 
     ``y_true`` target coordinates, ``y_pred`` the DSNT coordinates, both
-    ``[B, 2]`` or ``[B, K, 2]``, normalised. The paper's recommended loss.
+    ``[B, 2]``, ``[B, K, 2]`` or ``[B, K, 3]`` (volumes), normalised. The
+    paper's recommended loss.
 
     Example:
       >>> float(EuclideanLoss()([[0.3, 0.4]], [[0.0, 0.0]]))
@@ -119,7 +122,7 @@ class EuclideanLoss(_DSNTLoss):
 
 @_REGISTER
 class MSELoss(_DSNTLoss):
-    """Squared error averaged over (x, y) per point: ``dsnt.mse_loss``.
+    """Squared error averaged over (x, y[, z]) per point: ``dsnt.mse_loss``.
 
     Example:
       >>> float(MSELoss()([[0.3, 0.4]], [[0.0, 0.0]]))
@@ -132,7 +135,7 @@ class MSELoss(_DSNTLoss):
 
 @_REGISTER
 class L1Loss(_DSNTLoss):
-    """Absolute error averaged over (x, y) per point: ``dsnt.l1_loss``.
+    """Absolute error averaged over (x, y[, z]) per point: ``dsnt.l1_loss``.
 
     Example:
       >>> round(float(L1Loss()([[0.3, 0.4]], [[0.0, 0.0]])), 6)
@@ -162,8 +165,9 @@ class _RegLoss(_DSNTLoss):
 class JSRegLoss(_RegLoss):
     """Jensen-Shannon divergence of heatmaps from Gaussians at the targets: ``dsnt.js_reg_loss``.
 
-    ``y_true`` target coordinates ``[B, 2]`` / ``[B, K, 2]``, ``y_pred``
-    the DSNT heatmaps ``[B, H, W]`` / ``[B, H, W, K]``; ``fwhm`` the
+    ``y_true`` target coordinates ``[B, 2]`` / ``[B, K, 2]`` / ``[B, K, 3]``,
+    ``y_pred`` the DSNT heatmaps ``[B, H, W]`` / ``[B, H, W, K]`` /
+    ``[B, D, H, W, K]`` (volumes, where ``dsnt`` has them); ``fwhm`` the
     Gaussians' full width at half maximum in pixels.
 
     Example:
@@ -202,9 +206,9 @@ class VarianceRegLoss(_RegLoss):
     """Squared error of the heatmaps' variance against the target's: ``dsnt.variance_reg_loss``.
 
     ``y_pred`` the DSNT heatmaps; ``y_true`` (the target coordinates) is
-    accepted for Keras's contract and not used. Per point, the sum over x
-    and y of ``(variance in px^2 - sigma^2)^2``, ``sigma`` from ``fwhm`` in
-    pixels.
+    accepted for Keras's contract and not used. Per point, the sum over the
+    axes (x, y[, z]) of ``(variance in px^2 - sigma^2)^2``, ``sigma`` from
+    ``fwhm`` in pixels.
 
     Example:
       >>> import numpy as np

@@ -1,9 +1,13 @@
-"""Keras 3 layers for spatial transformers; all maths lives in ``stn.py``.
+"""Keras 3 layers for spatial transformers and dense warps; all maths lives in ``stn.py``.
 
 The layers hold configuration and variables and make one call into
-:mod:`stn` (TensorFlow backend only). Coordinates follow the project's one
-convention (``spatial_convention.py``): normalised (x, y) from -1 to 1
-across the image, ``theta`` maps output to input coordinates.
+:mod:`stn` (TensorFlow backend only): ``SpatialTransformer`` (a transform,
+given or predicted), ``GridSample`` (a sampling grid), ``Warp`` (a dense
+displacement field) and ``IntegrateVelocity`` (velocity field ->
+diffeomorphic displacement), for images ``[B, H, W, C]`` and volumes
+``[B, D, H, W, C]``. Coordinates follow the project's one convention
+(``spatial_convention.py``): normalised (x, y[, z]) from -1 to 1 across the
+image, ``theta`` maps output to input coordinates.
 
 Example (a localisation network whose last layer starts at the identity):
 
@@ -27,27 +31,59 @@ if keras.backend.backend() != "tensorflow":
         "stn_keras needs Keras's TensorFlow backend (its layers call TensorFlow functions); "
         f"got KERAS_BACKEND={keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow.")
 
+import numpy as np
 import tensorflow as tf
 
 import stn
 from spatial_convention import check_bool, check_option, check_rank, check_size
 
-__all__ = ["SpatialTransformer", "GridSample"]
+__all__ = ["SpatialTransformer", "GridSample", "Warp", "IntegrateVelocity"]
 
+_REGISTER = keras.saving.register_keras_serializable(package="spatial_layers")
 _IMAGES = "[B, H, W, C] or [B, D, H, W, C]"
+_FIELDS = {2: "[B, H, W, 2] (x, y)", 3: "[B, D, H, W, 3] (x, y, z)"}
 
 
-def _spatial_rank(images_shape: tuple) -> int:
+def _spatial_rank(images_shape: tuple, name: str = "images") -> int:
     """Number of spatial axes of ``images`` (2 for images, 3 for volumes)."""
-    return check_rank(tf.TensorSpec(images_shape), name="images", ranks=(4, 5), layout=_IMAGES) - 2
+    return check_rank(tf.TensorSpec(images_shape), name=name, ranks=(4, 5), layout=_IMAGES) - 2
 
 
-@keras.saving.register_keras_serializable(package="spatial_layers")
+def _check_field(field_shape: tuple, name: str, ndim: int | None = None) -> int:
+    """A field ``[B, *spatial, n]`` with one (x, y[, z]) component per spatial axis; returns n."""
+    ranks = (4, 5) if ndim is None else (ndim + 2,)
+    rank = check_rank(tf.TensorSpec(field_shape), name=name, ranks=ranks,
+                      layout=" or ".join(_FIELDS[r - 2] for r in ranks))
+    if field_shape[-1] is not None and field_shape[-1] != rank - 2:
+        raise ValueError(f"{name} must have shape {_FIELDS[rank - 2]}: one component per "
+                         f"spatial axis; got {tuple(field_shape)}")
+    return rank - 2
+
+
+def _control_points(control_points):
+    """``control_points`` as plain Python for the config: an int, [rows, cols] or [[x, y], ...]."""
+    if control_points is None:
+        return None
+    if isinstance(control_points, (int, np.integer)) and not isinstance(control_points, bool):
+        return int(control_points)
+    if isinstance(control_points, (tuple, list)) and len(control_points) == 2 and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in control_points):
+        return [int(v) for v in control_points]
+    try:
+        points = np.asarray(control_points)
+    except (TypeError, ValueError):
+        points = None
+    if points is None or points.dtype.kind not in "iuf":
+        return control_points   # stn.transform_family says what is wrong with it
+    return points.astype(np.float64).tolist()
+
+
+@_REGISTER
 class SpatialTransformer(keras.layers.Layer):
     """Warps images by a transform: ``stn.spatial_transformer_network`` as a Keras layer.
 
-    ``theta`` maps output to input coordinates, both normalised (x, y) from
-    -1 to 1 across the image (``spatial_convention.py``): ``out(p) =
+    ``theta`` maps output to input coordinates, both normalised (x, y[, z])
+    from -1 to 1 across the image (``spatial_convention.py``): ``out(p) =
     in(theta p)``. Called as ``layer(images, theta)`` the layer warps by the
     given ``theta``. With a ``localization`` network it predicts theta
     itself, ``layer(images)``: a
@@ -57,7 +93,9 @@ class SpatialTransformer(keras.layers.Layer):
     input exactly. That head computes in float32 under a mixed policy
     (its variable dtype): float16 keeps 11 significant bits, so a float16
     theta would move samples by up to 5e-4 normalised units per entry.
-    Outputs follow the layer's dtype policy.
+    Outputs follow the layer's dtype policy. Images ``[B, H, W, C]`` or
+    volumes ``[B, D, H, W, C]``: the input's rank decides, when the layer is
+    built, which form of the family it uses.
 
     Example:
       >>> import numpy as np
@@ -67,6 +105,11 @@ class SpatialTransformer(keras.layers.Layer):
       >>> st(img, zoom)[0, ..., 0].numpy()
       array([[2., 3.],
              [5., 6.]], dtype=float32)
+      >>> tps = SpatialTransformer(keras.layers.Flatten(), "tps", control_points=3,
+      ...                          return_theta=True)
+      >>> warped, source_points = tps(img)       # starts at the identity
+      >>> bool((warped.numpy() == img).all()), source_points.shape
+      (True, TensorShape([1, 9, 2]))
     """
 
     def __init__(self, localization: keras.layers.Layer | None = None,
@@ -74,6 +117,7 @@ class SpatialTransformer(keras.layers.Layer):
                  align_corners: bool = False, padding_mode: str = "zeros",
                  interpolation: str = "bilinear",
                  constraints: stn.AffineWarpConstraints | Sequence | None = None,
+                 control_points: int | Sequence | None = None,
                  return_theta: bool = False, **kwargs) -> None:
         """Stores and checks the configuration.
 
@@ -82,39 +126,53 @@ class SpatialTransformer(keras.layers.Layer):
             ``[B, ...]`` of a static size; None to pass ``theta`` to the call.
           transform: the family the head predicts: "affine" (6 parameters),
             "attention" (s, tx, ty), "similarity" (s, angle, tx, ty),
-            "diffeomorphic" (expm of the affine generator) or "projective"
-            (8 parameters); see ``stn.transform_family``.
+            "diffeomorphic" (expm of the affine generator), "projective"
+            (8 parameters) or "tps" (thin-plate spline, 2-D: the source
+            points of the control points); see ``stn.transform_family``,
+            which also gives the 3-D forms (volumes; every family but "tps").
           out_dims: ``(height, width)`` (``(depth, height, width)`` for
             volumes) of the output; default the input's.
           align_corners, padding_mode, interpolation: as in ``stn.grid_sample``.
-          constraints: an ``stn.AffineWarpConstraints`` (or its 2x3 pattern
-            of numbers and None) fixing some affine entries; affine only.
+          constraints: an ``stn.AffineWarpConstraints`` (or its 2x3 / 3x4
+            pattern of numbers and None) fixing some affine entries; affine only.
+          control_points: for "tps": an int k (a k x k lattice; default 4),
+            ``(rows, cols)``, or an ``[N, 2]`` array of normalised (x, y)
+            output points; kept in the config as an int, a pair or a nested list.
           return_theta: also return the transform used.
           **kwargs: Keras's layer arguments (``name``, ``dtype``, ...).
 
         Call: ``images`` ``[B, H, W, C]`` (and ``theta`` ``[B, 6]``,
-        ``[B, 2, 3]``, ``[B, 8]`` or ``[B, 3, 3]``) -> ``[B, oh, ow, C]`` in
-        the policy's compute dtype, and with ``return_theta`` the transform
-        too (``[B, 2, 3]`` or ``[B, 3, 3]`` from the head).
+        ``[B, 2, 3]``, ``[B, 8]``, ``[B, 3, 3]``, or the tps source points
+        ``[B, N, 2]``) or volumes ``[B, D, H, W, C]`` (and ``theta``
+        ``[B, 12]``, ``[B, 3, 4]``, ``[B, 15]`` or ``[B, 4, 4]``) ->
+        ``[B, *out_dims, C]`` in the policy's compute dtype, and with
+        ``return_theta`` the transform too (from the head: ``[B, 2, 3]``,
+        ``[B, 3, 3]``, ``[B, 3, 4]``, ``[B, 4, 4]`` or ``[B, N, 2]``).
         """
         super().__init__(**kwargs)
         if constraints is not None and not isinstance(constraints, stn.AffineWarpConstraints):
             constraints = stn.AffineWarpConstraints(constraints)
-        stn.transform_family(transform, constraints=constraints)   # checks the two together
+        control_points = _control_points(control_points)
+        self.out_dims = check_size(out_dims, name="out_dims", ndim=(2, 3))
+        if self.out_dims is not None and not all(isinstance(n, int) for n in self.out_dims):
+            raise ValueError(f"out_dims must be Python ints in a Keras layer; got {out_dims!r}")
+        # Checks transform, constraints and control points together, in the
+        # dimension out_dims or constraints imply (the input's rank decides in build).
+        ndim = len(self.out_dims) if self.out_dims else getattr(constraints, "ndim", 2)
+        stn.transform_family(transform, ndim, constraints=constraints,
+                             control_points=control_points)
         if localization is not None and not isinstance(localization, keras.layers.Layer):
             raise TypeError("localization must be a Keras layer or model (or None); "
                             f"got {localization!r}")
         self.localization = localization
         self.transform = transform
-        self.out_dims = check_size(out_dims, name="out_dims", ndim=(2, 3))
-        if self.out_dims is not None and not all(isinstance(n, int) for n in self.out_dims):
-            raise ValueError(f"out_dims must be Python ints in a Keras layer; got {out_dims!r}")
         self.align_corners = check_bool(align_corners, name="align_corners")
         self.padding_mode = check_option(padding_mode, name="padding_mode",
                                          allowed=stn.PADDING_MODES)
         self.interpolation = check_option(interpolation, name="interpolation",
                                           allowed=stn.INTERPOLATIONS)
         self.constraints = constraints
+        self.control_points = control_points
         self.return_theta = check_bool(return_theta, name="return_theta")
         self.head = None
 
@@ -128,7 +186,8 @@ class SpatialTransformer(keras.layers.Layer):
 
     def _family(self, images_shape: tuple) -> stn.TransformFamily:
         ndim = self._check_images(images_shape)
-        return stn.transform_family(self.transform, ndim, constraints=self.constraints)
+        return stn.transform_family(self.transform, ndim, constraints=self.constraints,
+                                    control_points=self.control_points)
 
     def build(self, images_shape: tuple, theta_shape: tuple | None = None) -> None:
         self.family = self._family(images_shape)
@@ -183,6 +242,7 @@ class SpatialTransformer(keras.layers.Layer):
             interpolation=self.interpolation,
             constraints=(None if self.constraints is None
                          else [list(row) for row in self.constraints.constraints]),
+            control_points=self.control_points,
             return_theta=self.return_theta)
         return config
 
@@ -194,14 +254,15 @@ class SpatialTransformer(keras.layers.Layer):
         return cls(**config)
 
 
-@keras.saving.register_keras_serializable(package="spatial_layers")
+@_REGISTER
 class GridSample(keras.layers.Layer):
     """Samples images at a grid of normalised points: ``stn.grid_sample`` as a Keras layer.
 
     PyTorch's ``grid_sample`` in NHWC: ``layer(images, grid)`` with images
     ``[B, H, W, C]`` and ``grid`` ``[B, Ho, Wo, 2]`` of normalised (x, y)
-    gives ``[B, Ho, Wo, C]`` (volumes: ``[B, D, H, W, C]`` with
-    ``[B, Do, Ho, Wo, 3]`` of (x, y, z), where the core supports them).
+    gives ``[B, Ho, Wo, C]``; volumes ``[B, D, H, W, C]`` with a grid
+    ``[B, Do, Ho, Wo, 3]`` of (x, y, z) give ``[B, Do, Ho, Wo, C]``
+    (trilinear for "bilinear"; "bicubic" is 2-D only).
 
     Example:
       >>> import numpy as np
@@ -223,7 +284,7 @@ class GridSample(keras.layers.Layer):
                                           allowed=stn.INTERPOLATIONS)
 
     def build(self, images_shape: tuple, grid_shape: tuple) -> None:
-        _spatial_rank(images_shape)
+        _check_field(grid_shape, "grid", _spatial_rank(images_shape))
 
     def call(self, images: tf.Tensor, grid: tf.Tensor) -> tf.Tensor:
         return stn.grid_sample(images, grid, align_corners=self.align_corners,
@@ -236,4 +297,110 @@ class GridSample(keras.layers.Layer):
         config = super().get_config()
         config.update(align_corners=self.align_corners, padding_mode=self.padding_mode,
                       interpolation=self.interpolation)
+        return config
+
+
+@_REGISTER
+class Warp(keras.layers.Layer):
+    """Warps images by a dense displacement field: ``stn.warp`` as a Keras layer.
+
+    ``layer(image, displacement)``: each output pixel ``p`` samples the
+    image at its own position plus its displacement, ``out[b, p] =
+    image[b, p + displacement[b, p]]`` (VoxelMorph's spatial transformer).
+    Images ``[B, H, W, C]`` take ``[B, Ho, Wo, 2]`` fields of (x, y),
+    volumes ``[B, D, H, W, C]`` take ``[B, Do, Ho, Wo, 3]`` of (x, y, z); the
+    output is on the field's grid, ``[B, Ho, Wo, C]`` / ``[B, Do, Ho, Wo, C]``,
+    in the policy's compute dtype (Keras casts both inputs to it; the core
+    computes coordinates of half types in float32). A zero field returns the
+    image exactly. No variables.
+
+    Example:
+      >>> import numpy as np
+      >>> image = np.arange(6, dtype="float32").reshape(1, 2, 3, 1)
+      >>> shift = np.zeros((1, 2, 3, 2), "float32")
+      >>> shift[..., 0] = 1.0                              # each pixel reads 1 px to its right
+      >>> Warp()(image, shift)[0, ..., 0].numpy()          # border padding at the edge
+      array([[1., 2., 2.],
+             [4., 5., 5.]], dtype=float32)
+    """
+
+    def __init__(self, units: str = "pixels", align_corners: bool = False,
+                 padding_mode: str = "border", interpolation: str = "bilinear",
+                 **kwargs) -> None:
+        """Args:
+          units: "pixels" (pixels of ``image``) or "normalized" (the
+            convention's units; 2 spans the image).
+          align_corners, padding_mode, interpolation: as in ``stn.warp``
+            (default padding "border").
+          **kwargs: Keras's layer arguments (``name``, ``dtype``, ...).
+        """
+        super().__init__(**kwargs)
+        self.units = check_option(units, name="units", allowed=stn.UNITS)
+        self.align_corners = check_bool(align_corners, name="align_corners")
+        self.padding_mode = check_option(padding_mode, name="padding_mode",
+                                         allowed=stn.PADDING_MODES)
+        self.interpolation = check_option(interpolation, name="interpolation",
+                                          allowed=stn.INTERPOLATIONS)
+
+    def build(self, image_shape: tuple, displacement_shape: tuple) -> None:
+        _check_field(displacement_shape, "displacement", _spatial_rank(image_shape, "image"))
+
+    def call(self, image: tf.Tensor, displacement: tf.Tensor) -> tf.Tensor:
+        return stn.warp(image, displacement, units=self.units, align_corners=self.align_corners,
+                        padding_mode=self.padding_mode, interpolation=self.interpolation)
+
+    def compute_output_shape(self, image_shape: tuple, displacement_shape: tuple) -> tuple:
+        return (image_shape[0], *displacement_shape[1:-1], image_shape[-1])
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(units=self.units, align_corners=self.align_corners,
+                      padding_mode=self.padding_mode, interpolation=self.interpolation)
+        return config
+
+
+@_REGISTER
+class IntegrateVelocity(keras.layers.Layer):
+    """Stationary velocity field -> diffeomorphic displacement: ``stn.integrate_velocity``.
+
+    ``layer(velocity)`` with ``[B, H, W, 2]`` (x, y) or ``[B, D, H, W, 3]``
+    (x, y, z) returns the displacement of the same shape, by scaling and
+    squaring (``steps`` squarings), ready for :class:`Warp` with the same
+    ``units`` and ``align_corners``. Outputs follow the dtype policy. No
+    variables.
+
+    Example:
+      >>> import numpy as np
+      >>> velocity = np.full((1, 4, 4, 2), 0.5, "float32")   # a constant flow
+      >>> float(IntegrateVelocity()(velocity)[0, 2, 2, 0])   # is a translation
+      0.5
+    """
+
+    def __init__(self, steps: int = 7, units: str = "pixels", align_corners: bool = False,
+                 **kwargs) -> None:
+        """Args:
+          steps: number of squarings (a non-negative int; 7: 128 small steps).
+          units, align_corners: as in ``stn.warp``; the field samples itself.
+          **kwargs: Keras's layer arguments (``name``, ``dtype``, ...).
+        """
+        super().__init__(**kwargs)
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+            raise ValueError(f"steps must be a non-negative integer; got {steps!r}")
+        self.steps = int(steps)
+        self.units = check_option(units, name="units", allowed=stn.UNITS)
+        self.align_corners = check_bool(align_corners, name="align_corners")
+
+    def build(self, velocity_shape: tuple) -> None:
+        _check_field(velocity_shape, "velocity")
+
+    def call(self, velocity: tf.Tensor) -> tf.Tensor:
+        return stn.integrate_velocity(velocity, self.steps, units=self.units,
+                                      align_corners=self.align_corners)
+
+    def compute_output_shape(self, velocity_shape: tuple) -> tuple:
+        return tuple(velocity_shape)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(steps=self.steps, units=self.units, align_corners=self.align_corners)
         return config
