@@ -147,16 +147,19 @@ def check_bool(value: Any, *, name: str) -> bool:
     return bool(value)
 
 
-def check_positive_int(value: Any, *, name: str) -> int:
-    """``value`` as an int if it is a positive Python or NumPy integer (not a bool).
+def check_positive_int(value: Any, *, name: str, allow_zero: bool = False) -> int:
+    """``value`` as an int if it is a positive (or zero) Python or NumPy integer, not a bool.
 
     Example:
-      >>> check_positive_int(np.int64(3), name="steps")
+      >>> check_positive_int(np.int64(3), name="rows")
       3
+      >>> check_positive_int(0, name="steps", allow_zero=True)
+      0
     """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
-            or int(value) < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+            or int(value) < (0 if allow_zero else 1):
+        kind = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{name} must be a {kind} integer; got {value!r}")
     return int(value)
 
 

@@ -762,14 +762,14 @@ def integrate_velocity(velocity: TensorLike, steps: int = 7, *, units: Units = "
       0.5
     """
     velocity, _ = _check_field(velocity, "velocity")
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-        raise ValueError(f"steps must be a non-negative integer; got {steps!r}")
+    steps = spatial_convention.check_positive_int(steps, name="steps", allow_zero=True)
     check_option(units, name="units", allowed=UNITS)
     check_bool(align_corners, name="align_corners")
-    field = velocity / (2.0 ** steps)
+    # Half precision is integrated in float32: each step's error compounds.
+    field = tf.cast(velocity, _compute_dtype(velocity.dtype)) / (2.0 ** steps)
     for _ in range(steps):
         field = field + warp(field, field, units=units, align_corners=align_corners)
-    return field
+    return tf.cast(field, velocity.dtype)
 
 
 def compose_displacements(first: TensorLike, second: TensorLike, *, units: Units = "pixels",
@@ -1380,6 +1380,14 @@ def _tps_points(control_points, source_points):
     return c, tf.cast(s, tf.float64)
 
 
+def _tps_system(c):
+    """The thin-plate system ``[[K, P], [P^T, 0]]`` of control points ``c`` ``[..., N, 2]``."""
+    features = _tps_features(c, c)                                     # [..., N, N + 3]
+    p_t = tf.linalg.matrix_transpose(features[..., -3:])              # [..., 3, N]
+    bottom = tf.concat([p_t, tf.zeros_like(p_t[..., :3])], axis=-1)   # [..., 3, N + 3]
+    return tf.concat([features, bottom], axis=-2)
+
+
 def tps_coefficients(control_points: TensorLike, source_points: TensorLike) -> tf.Tensor:
     """Solves for the thin-plate spline that sends control points to source points.
 
@@ -1409,10 +1417,7 @@ def tps_coefficients(control_points: TensorLike, source_points: TensorLike) -> t
              [0., 2.]]))
     """
     c, s = _tps_points(control_points, source_points)
-    features = _tps_features(c, c)                                     # [..., N, N + 3]
-    p_t = tf.linalg.matrix_transpose(features[..., -3:])              # [..., 3, N]
-    bottom = tf.concat([p_t, tf.zeros_like(p_t[..., :3])], axis=-1)   # [..., 3, N + 3]
-    system = tf.concat([features, bottom], axis=-2)                   # [..., N + 3, N + 3]
+    system = _tps_system(c)                                            # [..., N + 3, N + 3]
     rhs = tf.concat([s, tf.zeros_like(s[:, :3])], axis=1)             # [B, N + 3, 2]
     if c.shape.rank == 2:
         # One system for the whole batch, with 2B right-hand sides.
@@ -1550,13 +1555,41 @@ def _tps_family(control_points):
     def warp_by_tps(inputs, source_points, out_dims=None, **sampling):
         image, _ = _check_image(inputs, "inputs")
         size = check_size(out_dims, name="out_dims") or spatial_convention.shape_list(image)[1:3]
-        moved = _tps_displacement(points, source_points, size, sampling["align_corners"])
-        return warp(image, tf.cast(moved, _compute_dtype(image.dtype)), units="normalized",
-                    **sampling)
+        dtype = _compute_dtype(image.dtype)
+        if all(isinstance(s, int) for s in size):
+            # The interpolant is linear in the source points: with the control
+            # points and the size fixed, displacement = M (source - control)
+            # with a constant M [H * W, N]. No linear solve at run time (TFLite
+            # has none), one matmul.
+            source = tf.cast(as_float_tensor(source_points, name="source_points",
+                                             allow_bool=False), dtype)
+            m = tf.constant(_tps_linear_map(points, tuple(size), sampling["align_corners"]), dtype)
+            moved = tf.tensordot(m, source - tf.constant(points, dtype), [[1], [1]])  # [HW, B, 2]
+            moved = tf.reshape(tf.transpose(moved, [1, 0, 2]), [-1, size[0], size[1], 2])
+        else:
+            moved = _tps_displacement(points, source_points, size, sampling["align_corners"])
+        return warp(image, tf.cast(moved, dtype), units="normalized", **sampling)
 
     family = TransformFamily("tps", 2, 2 * n, points.ravel(), theta, warp_by_tps)
     family.control_points = points   # [N, 2] NumPy, normalised (x, y) in the output
     return family
+
+
+def _tps_linear_map(points, size, align_corners, _cache={}):
+    """NumPy float64 ``[H * W, N]``: the displacement at the output pixel
+    centres per unit of each source point's offset from its control point."""
+    key = (points.tobytes(), points.shape, size, align_corners)
+    if key not in _cache:
+        with tf.init_scope():   # constants: computed eagerly once, also when traced
+            c = tf.constant(points, tf.float64)
+            n = points.shape[0]
+            unit = tf.concat([tf.eye(n, dtype=tf.float64), tf.zeros([3, n], tf.float64)], 0)
+            inverse = tf.linalg.solve(_tps_system(c), unit)               # [N + 3, N]
+            xs = pixel_centers(size[1], align_corners, tf.float64)
+            ys = pixel_centers(size[0], align_corners, tf.float64)
+            grid = tf.reshape(tf.stack(tf.meshgrid(xs, ys), axis=-1), [-1, 2])
+            _cache[key] = tf.matmul(_tps_features(grid, c), inverse).numpy()
+    return _cache[key]
 
 
 def _matrix_families(name, theta, num_params, identity):
@@ -1609,6 +1642,8 @@ def transform_family(transform: str = "affine", ndim: int = 2, *,
         dims = " or ".join(f"{n}-D" for n in sorted(families))
         raise ValueError(f"transform={transform!r} is {dims}"
                          f"{' only' if len(families) == 1 else ''}; got ndim={ndim!r}")
+    if constraints is not None and transform != "affine":
+        raise ValueError(f"constraints only apply to transform='affine'; got {transform!r}")
     if control_points is not None:
         if transform != "tps":
             raise ValueError(f"control_points only apply to transform='tps'; got {transform!r}")

@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 import stn
-from spatial_convention import check_bool, check_option, check_rank, check_size
+from spatial_convention import check_bool, check_option, check_positive_int, check_rank, check_size
 
 __all__ = ["SpatialTransformer", "GridSample", "Warp", "IntegrateVelocity"]
 
@@ -384,8 +384,7 @@ class IntegrateVelocity(keras.layers.Layer):
           **kwargs: Keras's layer arguments (``name``, ``dtype``, ...).
         """
         super().__init__(**kwargs)
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-            raise ValueError(f"steps must be a non-negative integer; got {steps!r}")
+        check_positive_int(steps, name="steps", allow_zero=True)
         self.steps = int(steps)
         self.units = check_option(units, name="units", allowed=stn.UNITS)
         self.align_corners = check_bool(align_corners, name="align_corners")

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 import stn
-from spatial_convention import check_bool, check_option, check_size, missing_extra
+from spatial_convention import check_bool, check_option, check_positive_int, check_size, missing_extra
 
 try:
     import sonnet as snt
@@ -221,8 +221,7 @@ class IntegrateVelocity(snt.Module):
     def __init__(self, steps: int = 7, units: stn.Units = "pixels", align_corners: bool = False,
                  name: Optional[str] = None):
         super().__init__(name=name)
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-            raise ValueError(f"steps must be a non-negative integer; got {steps!r}")
+        check_positive_int(steps, name="steps", allow_zero=True)
         self.steps = int(steps)
         self.units = check_option(units, name="units", allowed=stn.UNITS)
         self.align_corners = check_bool(align_corners, name="align_corners")
