@@ -26,8 +26,8 @@ Example:
 Layouts
 -------
 * 2-D heatmaps ``[B, H, W]`` (one point per image) or ``[B, H, W, K]`` (K
-  points, one channel each; ``K == 1`` is squeezed by :func:`dsnt`, the
-  seed's shapes); coordinates ``[B, 2]`` or ``[B, K, 2]``, listed ``(x, y)``.
+  points, one channel each; ``K == 1`` is squeezed by :func:`dsnt` to
+  ``[B, H, W]`` and ``[B, 2]``); coordinates ``[B, 2]`` or ``[B, K, 2]``, listed ``(x, y)``.
 * 3-D heatmaps ``[B, D, H, W, K]``, coordinates ``[B, K, 3]`` listed
   ``(x, y, z)``, z along the depth. Never squeezed, also for ``K == 1``: a
   volume without its K axis, ``[B, D, H, W]``, would read as 2-D maps with
@@ -65,8 +65,8 @@ Loss reduction
 --------------
 Every loss takes ``reduction="mean"`` (default): the mean over all points of
 the batch, i.e. dsntnn's ``average_loss(losses, mask)`` -- with a mask, the
-masked sum divided by ``max(sum(mask), 1)``. This is a scalar, so the seed's
-``loss = mse + js_reg_loss(norm_heatmaps, targets)`` works unchanged.
+masked sum divided by ``max(sum(mask), 1)``. This is a scalar, so
+``loss = mse + js_reg_loss(norm_heatmaps, targets)`` is a training loss as is.
 ``reduction="sum"`` sums, ``reduction="none"`` returns the per-point losses
 (``[B]`` for one point per 2-D image -- ``[B, H, W]`` or ``[B, H, W, 1]``
 maps, ``[B, 2]`` coordinates -- and ``[B, K]`` for K points and for

@@ -81,7 +81,7 @@ class DSNT(keras.layers.Layer):
         batch = input_shape[0]
         if len(input_shape) == 5:                       # volumes: (x, y, z) per channel
             return tuple(input_shape), (batch, input_shape[-1], 3)
-        if len(input_shape) == 3 or input_shape[-1] == 1:   # one point: the seed's shapes
+        if len(input_shape) == 3 or input_shape[-1] == 1:   # one point: [B, H, W], [B, 2]
             return tuple(input_shape[:3]), (batch, 2)
         return tuple(input_shape), (batch, input_shape[-1], 2)
 

@@ -311,10 +311,9 @@ def affine_grid(theta: TensorLike, size: Size, *, align_corners: bool = False) -
 
 def affine_grid_generator(height: SizeLike, width: SizeLike, theta: TensorLike, *,
                           align_corners: bool = False) -> tf.Tensor:
-    """The seed's grid generator: ``[B, 2, height, width]`` normalised (x, y).
+    """:func:`affine_grid` in the channels-first layout ``[B, 2, height, width]`` (x, y).
 
-    Kept for snippet compatibility; equals
-    ``tf.transpose(affine_grid(theta, (height, width)), [0, 3, 1, 2])``.
+    Equals ``tf.transpose(affine_grid(theta, (height, width)), [0, 3, 1, 2])``.
 
     Example:
       >>> affine_grid_generator(3, 4, identity_theta(2)).shape
@@ -660,10 +659,10 @@ def spatial_transformer_network(input_fmap: TensorLike, theta: TensorLike,
 
 def bilinear_sampler(img: TensorLike, x: TensorLike, y: TensorLike, *, align_corners: bool = False,
                      padding_mode: PaddingMode = "zeros") -> tf.Tensor:
-    """The seed's sampler: ``img`` ``[B, H, W, C]`` at normalised ``x``, ``y`` ``[B, Ho, Wo]``.
+    """Bilinear :func:`grid_sample` with the grid given as two tensors, ``x`` and ``y``.
 
-    Kept for snippet compatibility: it is :func:`grid_sample` with bilinear
-    interpolation. Returns ``[B, Ho, Wo, C]``.
+    ``img`` ``[B, H, W, C]`` at normalised ``x``, ``y`` ``[B, Ho, Wo]``.
+    Returns ``[B, Ho, Wo, C]``.
 
     Example:
       >>> img = tf.reshape(tf.range(4.0), [1, 2, 2, 1])
@@ -984,7 +983,7 @@ def affine_theta(params: TensorLike, ndim: Optional[int] = None) -> tf.Tensor:
 
 
 def attention_theta(params: TensorLike, ndim: Optional[int] = None) -> tf.Tensor:
-    """Attention: isotropic scale + translation, the seed README's constrained form.
+    """Attention: isotropic scale + translation (crops and zooms).
 
     ``params`` ``[B, 3]`` = (s, tx, ty) -> ``[[s, 0, tx], [0, s, ty]]``, or
     ``[B, 4]`` = (s, tx, ty, tz) -> ``[s I | t]`` ``[B, 3, 4]``. ``s < 1``
@@ -1105,8 +1104,8 @@ def affine_diffeomorphic_theta(params: TensorLike, ndim: Optional[int] = None) -
     ``params`` ``[B, 6]`` (2-D) or ``[B, 12]`` (3-D) fill the top rows of
     the generator ``G = [[A, b], [0, 0]]``; theta is the top rows of
     ``expm(G)``. Always invertible (its inverse is ``expm(-G)``), so the
-    warp never folds or collapses the image (Detlefsen et al., CVPR 2018;
-    seed 004). Identity parameters: zeros.
+    warp never folds or collapses the image (Detlefsen et al., CVPR 2018).
+    Identity parameters: zeros.
 
     Example:
       >>> affine_diffeomorphic_theta(tf.zeros([1, 6])).numpy()

@@ -53,8 +53,7 @@ class SpatialTransformer(snt.Module):
     input's rank tells 2-D from 3-D) that maps the flattened features to the
     transform's parameters, with zero weights and the identity transform's
     parameters as bias: before training the layer returns its input
-    unchanged (the seed's usage note). Without it, pass ``theta`` to
-    ``__call__``.
+    unchanged. Without it, pass ``theta`` to ``__call__``.
 
     Args:
       out_dims: ``(height, width)`` or ``(depth, height, width)`` of the
