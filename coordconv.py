@@ -350,7 +350,7 @@ def coord_conv1d(inputs: TensorLike, filters: TensorLike, strides: IntOrInts = 1
                  align_corners: bool = True, name: Optional[str] = None) -> tf.Tensor:
     """1-D CoordConv on ``[B, W, C]``; ``filters`` ``[kw, C + 1 (+1), out]``.
 
-    The appended channels are x (and ``r = |x|`` with ``with_r``); see
+    The appended channels are x (and ``r = abs(x)`` with ``with_r``); see
     :func:`coord_conv`.
 
     Example:

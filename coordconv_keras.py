@@ -20,6 +20,8 @@ Example:
 """
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 
 if keras.backend.backend() != "tensorflow":
@@ -96,7 +98,12 @@ class AddCoords(keras.layers.Layer):
         return config
 
 
-class _CoordConv:
+# For type checkers the mixin is a Keras convolution: it sits before one in
+# every subclass's bases and uses its rank, data_format, build, call, get_config.
+_Convolution: Any = object
+
+
+class _CoordConv(_Convolution):
     """Makes a Keras convolution convolve ``coordconv.add_coords(inputs)``.
 
     Mixed in before ``keras.layers.ConvND``: every argument of the
@@ -137,7 +144,7 @@ class _CoordConv:
 
 @_REGISTER
 class CoordConv1D(_CoordConv, keras.layers.Conv1D):
-    """1-D CoordConv: ``keras.layers.Conv1D`` over the input with x (and r = |x|) appended.
+    """1-D CoordConv: ``keras.layers.Conv1D`` over the input with x (and r = abs(x)) appended.
 
     Arguments: those of ``keras.layers.Conv1D`` (``filters``,
     ``kernel_size``, ``strides``, ``padding`` incl. ``"causal"``,

@@ -122,7 +122,7 @@ class _CoordConvND(snt.Module):
 
 
 class CoordConv1D(_CoordConvND):
-    """1-D CoordConv: appends x (and r = |x|), then `snt.Conv1D`.
+    """1-D CoordConv: appends x (and r = abs(x)), then `snt.Conv1D`.
 
     Arguments are those of `snt.Conv1D` (data_format 'NWC' or 'NCW') plus
     keyword-only `with_r` and `align_corners` (see `coordconv.add_coords`).
@@ -140,12 +140,12 @@ class CoordConv1D(_CoordConvND):
 class CoordConv2D(_CoordConvND):
     """2-D CoordConv: ``snt.Conv2D(...)(coordconv.add_coords(inputs, with_r))``.
 
-    Args:
-      output_channels, kernel_shape, stride, rate, padding, with_bias, w_init,
-      b_init, data_format ('NHWC' default or 'NCHW'), name: as `snt.Conv2D`.
-      with_r: keyword only; also append r = sqrt(x^2 + y^2).
-      align_corners: keyword only; coordinate convention, see
-        `coordconv.add_coords` (default True: linspace(-1, 1, n)).
+    Arguments are those of ``snt.Conv2D`` (``output_channels``,
+    ``kernel_shape``, ``stride``, ``rate``, ``padding``, ``with_bias``,
+    ``w_init``, ``b_init``, ``data_format`` 'NHWC' (default) or 'NCHW',
+    ``name``) plus, keyword only, ``with_r`` (also append
+    r = sqrt(x^2 + y^2)) and ``align_corners`` (the coordinate convention,
+    see ``coordconv.add_coords``; default True: linspace(-1, 1, n)).
 
     The internal convolution is `self.conv`; its kernel `self.w` has
     ``C + 2 (+1)`` input channels: the input's, then x, y, (r).

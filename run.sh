@@ -4,6 +4,7 @@
 #   ./run.sh test    set up .venv, then run the whole test suite
 #   ./run.sh bench   set up .venv, then run the side-by-side benchmarks
 #   ./run.sh lab     set up .venv (plus JupyterLab), then open the notebooks interactively
+#   ./run.sh docs    set up .venv, then build the API reference into build/docs
 #   ./run.sh setup   only set up .venv
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -48,12 +49,16 @@ case "${1:-}" in
         setup
         shift
         "$VENV/bin/python" benchmarks/bench.py "$@" ;;
+    docs)
+        setup
+        "$VENV/bin/python" -m sphinx -W -n -q -b html docs/reference build/docs
+        echo "API reference: build/docs/index.html" ;;
     lab)
         setup
         shift
         "$VENV/bin/python" -m pip install -q jupyterlab
         "$VENV/bin/python" -m jupyter lab "$@" ;;
     *)
-        echo "usage: ./run.sh {demos|test|bench|lab|setup} [args]" >&2
+        echo "usage: ./run.sh {demos|test|bench|docs|lab|setup} [args]" >&2
         exit 2 ;;
 esac

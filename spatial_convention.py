@@ -32,7 +32,7 @@ Imports only TensorFlow and NumPy.
 """
 import functools
 import os
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 import tensorflow as tf
@@ -41,11 +41,14 @@ import tensorflow as tf
 TensorLike = Union[tf.Tensor, tf.Variable, np.ndarray, Sequence[Any], float, int]
 #: A pixel count: a Python int or an int scalar tensor (known only at run time).
 SizeLike = Union[int, tf.Tensor]
+#: An option's value, returned as given (a ``Literal`` stays that ``Literal``).
+_Option = TypeVar("_Option")
 
 __all__ = ["half_extent", "centre", "normalized_to_pixel", "pixel_to_normalized",
            "pixel_centers", "check_option", "check_bool", "check_positive_int",
            "as_float_tensor", "check_rank", "check_size", "check_positive",
-           "check_same_batch", "with_assertions", "missing_extra", "shape_list", "compute_dtype", "compiled",
+           "check_same_batch", "with_assertions", "missing_extra", "shape_list", "compute_dtype",
+           "compiled",
            "set_jit", "jit_enabled", "use_kernels", "kernels_enabled"]
 
 
@@ -120,7 +123,7 @@ def pixel_centers(size: SizeLike, align_corners: bool = False,
 # known only at run time become ``tf.debugging`` assertions that carry the
 # same message (see :func:`with_assertions`).
 
-def check_option(value: Any, *, name: str, allowed: Sequence[str]) -> str:
+def check_option(value: _Option, *, name: str, allowed: Sequence[str]) -> _Option:
     """``value`` if it is one of the strings ``allowed``, else a ValueError listing them.
 
     Example:

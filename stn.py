@@ -64,7 +64,7 @@ Size = Union[Sequence[SizeLike], tf.Tensor]
 
 PADDING_MODES = ("zeros", "border", "reflection")
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
-#: Units of a displacement field: pixels of the image it samples, or normalised units.
+#: The units a displacement field can be in (pixels of the image it samples, or normalised).
 UNITS = ("pixels", "normalized")
 
 # Cubic convolution constant used by PyTorch (and OpenCV) for "bicubic".

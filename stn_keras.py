@@ -22,7 +22,7 @@ Example (a localisation network whose last layer starts at the identity):
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import keras
 
@@ -114,8 +114,8 @@ class SpatialTransformer(keras.layers.Layer):
 
     def __init__(self, localization: keras.layers.Layer | None = None,
                  transform: str = "affine", out_dims: Sequence[int] | None = None, *,
-                 align_corners: bool = False, padding_mode: str = "zeros",
-                 interpolation: str = "bilinear",
+                 align_corners: bool = False, padding_mode: stn.PaddingMode = "zeros",
+                 interpolation: stn.Interpolation = "bilinear",
                  constraints: stn.AffineWarpConstraints | Sequence | None = None,
                  control_points: int | Sequence | None = None,
                  return_theta: bool = False, **kwargs) -> None:
@@ -164,7 +164,7 @@ class SpatialTransformer(keras.layers.Layer):
         if localization is not None and not isinstance(localization, keras.layers.Layer):
             raise TypeError("localization must be a Keras layer or model (or None); "
                             f"got {localization!r}")
-        self.localization = localization
+        self.localization: Any = localization
         self.transform = transform
         self.align_corners = check_bool(align_corners, name="align_corners")
         self.padding_mode = check_option(padding_mode, name="padding_mode",
@@ -174,7 +174,7 @@ class SpatialTransformer(keras.layers.Layer):
         self.constraints = constraints
         self.control_points = control_points
         self.return_theta = check_bool(return_theta, name="return_theta")
-        self.head = None
+        self.head: Any = None  # the Dense producing theta, made in build
 
     def _check_images(self, images_shape: tuple) -> int:
         """Number of spatial axes, checked against ``out_dims``."""
@@ -272,8 +272,8 @@ class GridSample(keras.layers.Layer):
       array([[[1.5, 1. ]]], dtype=float32)
     """
 
-    def __init__(self, *, align_corners: bool = False, padding_mode: str = "zeros",
-                 interpolation: str = "bilinear", **kwargs) -> None:
+    def __init__(self, *, align_corners: bool = False, padding_mode: stn.PaddingMode = "zeros",
+                 interpolation: stn.Interpolation = "bilinear", **kwargs) -> None:
         """Args: ``align_corners``, ``padding_mode``, ``interpolation`` as in
         ``stn.grid_sample``; ``**kwargs`` Keras's layer arguments."""
         super().__init__(**kwargs)
@@ -324,8 +324,8 @@ class Warp(keras.layers.Layer):
              [4., 5., 5.]], dtype=float32)
     """
 
-    def __init__(self, units: str = "pixels", align_corners: bool = False,
-                 padding_mode: str = "border", interpolation: str = "bilinear",
+    def __init__(self, units: stn.Units = "pixels", align_corners: bool = False,
+                 padding_mode: stn.PaddingMode = "border", interpolation: stn.Interpolation = "bilinear",
                  **kwargs) -> None:
         """Args:
           units: "pixels" (pixels of ``image``) or "normalized" (the
@@ -376,7 +376,7 @@ class IntegrateVelocity(keras.layers.Layer):
       0.5
     """
 
-    def __init__(self, steps: int = 7, units: str = "pixels", align_corners: bool = False,
+    def __init__(self, steps: int = 7, units: stn.Units = "pixels", align_corners: bool = False,
                  **kwargs) -> None:
         """Args:
           steps: number of squarings (a non-negative int; 7: 128 small steps).

@@ -560,7 +560,7 @@ def blobs(centres, size=16, sigma=2.5):
     return np.stack(spots)[..., None].astype(np.float32)
 
 
-def registration_model(size=16, steps=5):
+def registration_model(size=16, steps=5, velocity_std=0.01):
     """VoxelMorph in miniature: two convolutions predict a velocity field, integrated to a
     displacement that warps the moving image onto the fixed one."""
     fixed = keras.Input((size, size, 1), name="fixed")
@@ -568,7 +568,7 @@ def registration_model(size=16, steps=5):
     x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(
         keras.layers.Concatenate()([fixed, moving]))
     velocity = keras.layers.Conv2D(2, 3, padding="same", name="velocity",
-                                   kernel_initializer=keras.initializers.RandomNormal(0, 0.01))(x)
+                                   kernel_initializer=keras.initializers.RandomNormal(0, velocity_std))(x)
     displacement = IntegrateVelocity(steps)(velocity)
     warped = Warp()(moving, displacement)
     return keras.Model({"fixed": fixed, "moving": moving},
@@ -728,7 +728,11 @@ def test_mixed_bfloat16_and_float64_policies():
 
 
 def test_dense_fields_under_mixed_float16_follow_the_policy_and_train(mixed_float16):
-    model, inputs = registration_model(steps=3), registration_inputs(8)
+    # Seeded, and a velocity large enough (~0.1 px) for float16's steps to be
+    # small next to it, whatever order the tests run in.
+    reseed("mixed_float16 dense fields")
+    keras.utils.set_random_seed(16)
+    model, inputs = registration_model(steps=3, velocity_std=0.05), registration_inputs(8)
     assert [o.dtype for o in model.outputs] == ["float16", "float16"]
     got = model.predict(inputs, verbose=0)
     velocity = keras.Model(model.inputs, model.get_layer("velocity").output).predict(
