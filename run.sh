@@ -4,6 +4,7 @@
 #   ./run.sh test    set up .venv, then run the whole test suite
 #   ./run.sh bench   set up .venv, then run the side-by-side benchmarks
 #   ./run.sh setup   only set up .venv
+#   ./run.sh mutants set up .venv, then run the mutation tests (tools/mutate.py; slow, not CI)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -47,7 +48,11 @@ case "${1:-}" in
         setup
         shift
         "$VENV/bin/python" benchmarks/bench.py "$@" ;;
+    mutants)
+        setup
+        shift
+        "$VENV/bin/python" tools/mutate.py "$@" ;;
     *)
-        echo "usage: ./run.sh {demos|test|bench|setup} [args]" >&2
+        echo "usage: ./run.sh {demos|test|bench|mutants|setup} [args]" >&2
         exit 2 ;;
 esac
