@@ -7,6 +7,7 @@ with the project's virtualenv):
     python tools/mutate.py stn 'coordconv-*'   # groups, ids or id globs
     python tools/mutate.py --list          # the mutants and whether each snippet is found
     python tools/mutate.py --jobs 2 --markdown docs/mutants-run.md
+    python tools/mutate.py --plain         # inner functions as plain ops: faster
 
 The repository (tracked and untracked, non-ignored files, as they are in the
 working tree) is copied to a scratch directory per job, so nothing is
@@ -41,10 +42,19 @@ import mutants as registry  # noqa: E402
 
 
 def repo_files(root):
-    """Tracked and untracked, non-ignored files of the working tree."""
-    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=root,
-                         check=True, capture_output=True).stdout.decode()
-    return [f for f in out.split("\0") if f and os.path.isfile(os.path.join(root, f))]
+    """Tracked and untracked, non-ignored files of the working tree (every
+    file but caches when ``root`` is not a git checkout, e.g. an export)."""
+    try:
+        out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=root,
+                             check=True, capture_output=True).stdout.decode()
+        files = out.split("\0")
+    except (subprocess.CalledProcessError, OSError):
+        skip = {".git", "__pycache__", ".hypothesis", ".pytest_cache", ".venv"}
+        files = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if d not in skip]
+            files += [os.path.relpath(os.path.join(dirpath, f), root) for f in filenames]
+    return [f for f in files if f and os.path.isfile(os.path.join(root, f))]
 
 
 def make_copy(root, files):
@@ -90,12 +100,14 @@ def selected(groups, patterns):
     return chosen
 
 
-def run_pytest(python, cwd, tests, timeout):
+def run_pytest(python, cwd, tests, timeout, plain=False):
     """(outcome, detail, seconds): outcome 'pass', 'fail' or 'timeout'."""
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1",
                TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
     for var in ("SPATIAL_JIT", "STN_JIT"):
         env.pop(var, None)
+    if plain:
+        env["SPATIAL_JIT"] = "0"
     cmd = [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-n", "0",
            "-o", "addopts=-ra", *tests]
     start = time.monotonic()
@@ -127,18 +139,27 @@ def main(argv=None):
     parser.add_argument("patterns", nargs="*", help="group names, mutant ids or id globs")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--jobs", type=int, default=1, help="mutants run side by side")
-    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per mutant")
+    parser.add_argument("--timeout", type=float, default=10800.0,
+                        help="seconds per pytest run (wall clock: a shared machine is slow)")
+    parser.add_argument("--plain", action="store_true",
+                        help="SPATIAL_JIT=0: the layers' inner functions run as plain ops "
+                             "instead of being XLA-compiled for every shape (several times "
+                             "faster; tests that ask for XLA still get it)")
     parser.add_argument("--python", default=sys.executable, help="interpreter running pytest")
     parser.add_argument("--no-baseline", action="store_true",
                         help="do not first run the tests on the unmutated code")
     parser.add_argument("--markdown", help="also write the result table to this file")
+    parser.add_argument("--source", default=ROOT,
+                        help="the code and tests to mutate (default: this working tree), e.g. "
+                             "an export of an older commit: `git archive REV | tar -x -C DIR`")
     args = parser.parse_args(argv)
 
     groups = registry.groups()
     chosen = selected(groups, args.patterns)
     if not chosen:
         parser.error(f"no mutant matches {args.patterns}")
-    located = [(g, m, locate(ROOT, m, g)) for g, m in chosen]
+    source = os.path.abspath(args.source)
+    located = [(g, m, locate(source, m, g)) for g, m in chosen]
 
     if args.list:
         for g, m, where in located:
@@ -146,10 +167,10 @@ def main(argv=None):
             print(f"{m.id:40s} {status:28s} {m.description}")
         return 0
 
-    files = repo_files(ROOT)
+    files = repo_files(source)
     runnable = [(g, m, w) for g, m, w in located if not isinstance(w, str)]
     test_sets = sorted({(*g.args, *(m.tests or g.tests)) for g, m, _ in runnable})
-    scratch = [make_copy(ROOT, files) for _ in range(max(1, args.jobs))]
+    scratch = [make_copy(source, files) for _ in range(max(1, args.jobs))]
     free = list(scratch)
     lock = threading.Lock()
     results = {}
@@ -157,7 +178,7 @@ def main(argv=None):
         if not args.no_baseline:
             for tests in test_sets:
                 outcome, detail, seconds = run_pytest(args.python, scratch[0], list(tests),
-                                                      args.timeout)
+                                                      args.timeout, args.plain)
                 print(f"baseline {' '.join(tests)}: {outcome} in {seconds:.0f} s", flush=True)
                 if outcome != "pass":
                     print(f"the unmutated code fails its tests: {detail}", file=sys.stderr)
@@ -173,7 +194,7 @@ def main(argv=None):
                     fh.write(text.replace(m.original, m.replacement, 1))
                 outcome, detail, seconds = run_pytest(args.python, cwd,
                                                       [*g.args, *(m.tests or g.tests)],
-                                                      args.timeout)
+                                                      args.timeout, args.plain)
             finally:
                 with open(path, "w", encoding="utf-8") as fh:
                     fh.write(text)
