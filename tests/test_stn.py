@@ -91,7 +91,8 @@ def test_grid_sample_on_the_pixel_lattice_matches_torch(align_corners, plain_ops
         np.testing.assert_allclose(ggrid.numpy(), ref_ggrid, rtol=0, atol=1e-12, err_msg=msg)
 
 
-@pytest.mark.parametrize("align_corners,size", [(True, (17, 9)), (False, (4, 8))], ids=str)
+@pytest.mark.parametrize("align_corners,size", [(True, (17, 9)), (False, (4, 8))],
+                         ids=["ac-17x9", "noac-4x8"])
 def test_identity_theta_gradient_matches_torch(align_corners, size):
     """How an STN starts training: at the identity every border pixel sits
     exactly on the border, where border and reflection padding give the

@@ -130,7 +130,7 @@ def run_pytest(python, cwd, tests, timeout, plain=False):
 
 def short_test(detail):
     """'FAILED tests/test_stn.py::test_x[a] - AssertionError...' -> 'test_stn.py::test_x[a]'."""
-    m = re.match(r"(?:FAILED|ERROR) (?:tests/)?(\S+)", detail)
+    m = re.match(r"(?:FAILED|ERROR) (?:tests/)?(.+?)(?: - .*)?$", detail)
     return m.group(1) if m else detail
 
 
