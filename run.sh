@@ -6,6 +6,7 @@
 #   ./run.sh lab     set up .venv (plus JupyterLab), then open the notebooks interactively
 #   ./run.sh docs    set up .venv, then build the API reference into build/docs
 #   ./run.sh setup   only set up .venv
+#   ./run.sh mutants set up .venv, then run the mutation tests (tools/mutate.py; slow, not CI)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -53,12 +54,16 @@ case "${1:-}" in
         setup
         "$VENV/bin/python" -m sphinx -W -n -q -b html docs/reference build/docs
         echo "API reference: build/docs/index.html" ;;
+    mutants)
+        setup
+        shift
+        "$VENV/bin/python" tools/mutate.py "$@" ;;
     lab)
         setup
         shift
         "$VENV/bin/python" -m pip install -q jupyterlab
         "$VENV/bin/python" -m jupyter lab "$@" ;;
     *)
-        echo "usage: ./run.sh {demos|test|bench|docs|lab|setup} [args]" >&2
+        echo "usage: ./run.sh {demos|test|bench|docs|mutants|lab|setup} [args]" >&2
         exit 2 ;;
 esac

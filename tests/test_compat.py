@@ -1,23 +1,29 @@
-"""Every public function in every execution mode, against its eager result.
+"""Every public function in every execution mode, against its eager result,
+and the eager result against an independent reference.
 
 For each public function of stn, dsnt and coordconv (table CASES): the same
 call eagerly, inside tf.function with every dimension unknown, in a
 tf.compat.v1 graph with placeholders of unknown shape and a Session, and
 under jit_compile=True must give the eager numbers, and gradients with
 respect to the differentiable inputs must match the eager gradients. The
-eager results themselves are checked against independent references in the
-per-module test files.
+eager numbers and gradients are in turn anchored to REFERENCES: the same
+function written in PyTorch (float64) from PyTorch's own grid_sample /
+affine_grid / convolutions, the authors' dsntnn, or the definition, with
+the gradients by torch.autograd. Every case must have a reference.
 """
 import importlib
 
+import dsntnn
 import numpy as np
 import pytest
 import tensorflow as tf
+import torch
 
 import coordconv
 import dsnt
 import spatial_convention
 import stn
+from tests.references import torch_add_coords, torch_conv_same, torch_grid, torch_sample, torch_stn
 
 RNG = np.random.default_rng(0)
 
@@ -98,8 +104,144 @@ CASES = {
 }
 
 
+# ---------------------------------------------------------------- references
+#
+# name -> the case's function on float64 torch tensors (NHWC as ours),
+# returning its output or a tuple of outputs in the order of ours.
+
+def _nchw(x):
+    return x.permute(0, 3, 1, 2)
+
+
+def _nhwc(x):
+    return x.permute(0, 2, 3, 1)
+
+
+def _homogeneous(theta):
+    """[B, 6] / [B, 2, 3] / [B, 8] / [B, 3, 3] -> [B, 3, 3]."""
+    b = theta.shape[0]
+    flat = theta.reshape(b, -1)
+    if flat.shape[1] == 6:
+        flat = torch.cat([flat, torch.tensor([[0.0, 0.0, 1.0]], dtype=flat.dtype).expand(b, 3)], 1)
+    elif flat.shape[1] == 8:
+        flat = torch.cat([flat, torch.ones(b, 1, dtype=flat.dtype)], 1)
+    return flat.reshape(b, 3, 3)
+
+
+def _rows(*entries):
+    """Six [B] entries, row-major -> [B, 2, 3]."""
+    return torch.stack(entries, -1).reshape(-1, 2, 3)
+
+
+def _sigma(fwhm):
+    return fwhm / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+
+
+def _softmax_heatmaps(h):
+    return dsntnn.flat_softmax(_nchw(h).contiguous())
+
+
+def _ref_similarity(p):
+    s, a, tx, ty = p.unbind(-1)
+    c, n = s * torch.cos(a), s * torch.sin(a)
+    return _rows(c, -n, tx, n, c, ty)
+
+
+def _ref_expm(p):
+    generator = torch.cat([p.reshape(-1, 2, 3), torch.zeros(p.shape[0], 1, 3, dtype=p.dtype)], 1)
+    return torch.linalg.matrix_exp(generator)[:, :2]
+
+
+def _ref_relu_dsnt(h):
+    r = torch.relu(h)
+    p = r / r.sum(dim=(1, 2), keepdim=True)
+    return p, dsntnn.dsnt(p[:, None])[:, 0]
+
+
+def _ref_sigmoid_heatmaps(h):
+    s = torch.sigmoid(h)
+    return s / s.sum(dim=(1, 2), keepdim=True)
+
+
+def _ref_no_shear(p):
+    zero = torch.zeros_like(p[:, 0])
+    return _rows(p[:, 0], zero, p[:, 1], zero, p[:, 2], p[:, 3])
+
+
+REFERENCES = {
+    "stn.spatial_transformer_network": lambda x, t: torch_stn(x, t, (5, 6)),
+    "stn.spatial_transformer_network[projective,bicubic,reflection]": (
+        lambda x, t: torch_stn(x, t, interpolation="bicubic", padding_mode="reflection",
+                               align_corners=True)),
+    "stn.spatial_transformer_network[nearest,border]": (
+        lambda x, t: torch_stn(x, t, interpolation="nearest", padding_mode="border")),
+    "stn.grid_sample": lambda x, g: torch_sample(x, g, align_corners=False),
+    "stn.affine_grid": lambda t: torch_grid(t, 3, 4, False),
+    "stn.affine_grid_generator": lambda t: torch_grid(t, 3, 4, False).permute(0, 3, 1, 2),
+    "stn.bilinear_sampler": (
+        lambda x, gx, gy: torch_sample(x, torch.stack([gx, gy], -1), align_corners=False)),
+    "stn.attention_theta": lambda p: _rows(p[:, 0], 0 * p[:, 0], p[:, 1],
+                                           0 * p[:, 0], p[:, 0], p[:, 2]),
+    "stn.similarity_theta": _ref_similarity,
+    "stn.rotation_theta": lambda a: _ref_similarity(
+        torch.stack([torch.ones_like(a), a, torch.zeros_like(a), torch.zeros_like(a)], -1)),
+    "stn.affine_diffeomorphic_theta": _ref_expm,
+    "stn.projective_theta": _homogeneous,
+    "stn.invert_affine": lambda t: torch.linalg.inv(_homogeneous(t))[:, :2],
+    "stn.compose_affine": lambda a, b: (
+        lambda m: m / m[:, 2:, 2:])(_homogeneous(a) @ _homogeneous(b)),
+    # pixel i of n has normalised centre (2 i + 1) / n - 1
+    "stn.pixel_to_normalized": lambda c: (2.0 * c + 1.0) / 7.0 - 1.0,
+    "stn.affine_theta": lambda p: p.reshape(-1, 2, 3),
+    "stn.transform_theta[diffeomorphic]": _ref_expm,
+    "stn.AffineWarpConstraints.theta": _ref_no_shear,
+    "dsnt.dsnt": lambda h: (_nhwc(_softmax_heatmaps(h)), dsntnn.dsnt(_softmax_heatmaps(h))),
+    "dsnt.dsnt[relu,one point]": _ref_relu_dsnt,
+    "dsnt.js_reg_loss": lambda h, c: dsntnn.average_loss(
+        dsntnn.js_reg_losses(_softmax_heatmaps(h), c, _sigma(3.0))),
+    "dsnt.kl_reg_loss": lambda h, c: dsntnn.average_loss(
+        dsntnn.kl_reg_losses(_softmax_heatmaps(h), c, _sigma(1.0))),
+    "dsnt.variance_reg_loss": lambda h: dsntnn.average_loss(
+        dsntnn.variance_reg_losses(_softmax_heatmaps(h), _sigma(2.0))),
+    "dsnt.euclidean_loss": lambda a, b: dsntnn.average_loss(dsntnn.euclidean_losses(a, b)),
+    "dsnt.mse_loss": lambda a, b: dsntnn.average_loss(dsntnn.mse_losses(a, b)),
+    "dsnt.l1_loss": lambda a, b: dsntnn.average_loss(dsntnn.l1_losses(a, b)),
+    "dsnt.average_loss": dsntnn.average_loss,
+    "dsnt.make_gauss": lambda c: _nhwc(dsntnn.make_gauss(c, (8, 10), _sigma(2.0))),
+    "dsnt.normalized_to_pixel_coordinates": (
+        lambda c: dsntnn.normalized_to_pixel_coordinates(c, (8, 10))),
+    "dsnt.normalize_heatmaps": _ref_sigmoid_heatmaps,
+    "dsnt.heatmap_coords": lambda h: dsntnn.dsnt(_softmax_heatmaps(h)),
+    "coordconv.add_coords": lambda x: torch_add_coords(x, with_r=True),
+    "coordconv.coord_conv1d": lambda x, w: torch_conv_same(torch_add_coords(x), w),
+    "coordconv.coord_conv2d": lambda x, w: torch_conv_same(torch_add_coords(x), w),
+    "coordconv.coord_conv3d": lambda x, w: torch_conv_same(torch_add_coords(x, with_r=True), w),
+}
+
+
+def reference(name):
+    """The reference's outputs and the gradients of the cases' loss, float64."""
+    fn, inputs, wrt = CASES[name]
+    tensors = [torch.tensor(np.asarray(x, np.float64), requires_grad=i in wrt)
+               for i, x in enumerate(inputs)]
+    out = REFERENCES[name](*tensors)
+    outs = list(out) if isinstance(out, (tuple, list)) else [out]
+    sum((o ** 2).sum() for o in outs).backward()
+    return [o.detach().numpy() for o in outs], [tensors[i].grad.numpy() for i in wrt]
+
+
 def flat(result):
     return [np.asarray(r) for r in tf.nest.flatten(result)]
+
+
+_EAGER = {}
+
+
+def eager_result(name):
+    """``eager`` of a case, computed once per process (every mode compares with it)."""
+    if name not in _EAGER:
+        _EAGER[name] = eager(*CASES[name])
+    return _EAGER[name]
 
 
 def eager(fn, inputs, wrt):
@@ -144,10 +286,27 @@ def check(got, want, atol=2e-5):
         np.testing.assert_allclose(np.asarray(g), w, rtol=1e-3, atol=1e-3)
 
 
+def test_every_case_has_a_reference():
+    assert sorted(REFERENCES) == sorted(CASES)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_eager_matches_the_reference(name):
+    """float32 against float64: values and gradients to float32 round-off
+    relative to each output's scale (heatmap entries are O(0.01), summed
+    gradients O(10)). Measured: at most 1e-6 of the scale (the bicubic
+    projective warp), so 1e-5 of it; a convention or sign bug costs O(1)."""
+    (got_out, got_grads), (want_out, want_grads) = eager_result(name), reference(name)
+    assert [np.shape(g) for g in got_out] == [np.shape(w) for w in want_out]
+    for i, (g, w) in enumerate(zip(got_out + got_grads, want_out + want_grads)):
+        what = f"output {i}" if i < len(got_out) else f"gradient {i - len(got_out)}"
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * np.abs(w).max(), err_msg=what)
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_tf_function_with_every_dim_unknown(name):
     fn, inputs, wrt = CASES[name]
-    want = eager(fn, inputs, wrt)
+    want = eager_result(name)
     traced_fn = tf.function(traced(fn, wrt),
                             input_signature=[tf.TensorSpec(unknown_shape(x, name), tf.float32)
                                              for x in inputs])
@@ -158,7 +317,7 @@ def test_tf_function_with_every_dim_unknown(name):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_tf1_graph_with_every_dim_unknown(name):
     fn, inputs, wrt = CASES[name]
-    want = eager(fn, inputs, wrt)
+    want = eager_result(name)
     with tf.Graph().as_default():
         placeholders = [tf.compat.v1.placeholder(tf.float32, unknown_shape(x, name))
                         for x in inputs]
@@ -174,7 +333,7 @@ def test_tf1_graph_with_every_dim_unknown(name):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_jit_compile(name):
     fn, inputs, wrt = CASES[name]
-    want = eager(fn, inputs, wrt)
+    want = eager_result(name)
     out, grads = tf.function(traced(fn, wrt), jit_compile=True)(*inputs)
     check((flat(out), [np.asarray(g) for g in grads]), want)
 

@@ -229,6 +229,66 @@ def test_coord_conv2d_matches_numpy_conv_over_concatenated_coords(with_r, stride
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+def _np_conv(x, w, strides=1, dilations=1, padding="SAME"):
+    """Direct NumPy N-D cross-correlation, channels-last, TF's SAME / VALID
+    padding, per-axis strides and dilations (reference)."""
+    n = x.ndim - 2
+    k = w.shape[:n]
+    s = (strides,) * n if np.isscalar(strides) else tuple(strides)
+    d = (dilations,) * n if np.isscalar(dilations) else tuple(dilations)
+    extent = [(k[a] - 1) * d[a] + 1 for a in range(n)]
+    size = x.shape[1:-1]
+    if padding == "SAME":
+        out = [-(-size[a] // s[a]) for a in range(n)]
+        total = [max((out[a] - 1) * s[a] + extent[a] - size[a], 0) for a in range(n)]
+        pads = [(t // 2, t - t // 2) for t in total]
+    else:
+        out = [(size[a] - extent[a]) // s[a] + 1 for a in range(n)]
+        pads = [(0, 0)] * n
+    xp = np.pad(np.asarray(x, np.float64), [(0, 0)] + pads + [(0, 0)])
+    result = np.zeros((x.shape[0], *out, w.shape[-1]))
+    for tap in np.ndindex(*k):
+        window = tuple(slice(tap[a] * d[a], tap[a] * d[a] + (out[a] - 1) * s[a] + 1, s[a])
+                       for a in range(n))
+        result += np.tensordot(xp[(slice(None),) + window], w[tap], axes=([-1], [0]))
+    return result
+
+
+@pytest.mark.parametrize("fn,shape,kernel,dilations", [
+    (coordconv.coord_conv1d, (2, 11, 2), (3,), 2),
+    (coordconv.coord_conv2d, (2, 7, 9, 2), (3, 2), (2, 3)),
+    (coordconv.coord_conv3d, (1, 5, 6, 7, 1), (2, 3, 2), (1, 2, 2)),
+], ids=["1d", "2d", "3d"])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_coord_conv_nd_convention_and_dilations_match_numpy(fn, shape, kernel, dilations,
+                                                            align_corners):
+    """align_corners and dilations reach the coordinates and the convolution:
+    the two conventions differ by up to 1/n per coordinate, O(0.1) here."""
+    x = _rand(shape)
+    n = len(shape) - 2
+    w = _rand(kernel + (shape[-1] + n + 1, 3), seed=1)
+    got = fn(x, w, padding="SAME", with_r=True, dilations=dilations,
+             align_corners=align_corners).numpy()
+    want = _np_conv(ref_add_coords(x, True, align_corners), w, dilations=dilations)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_coord_conv_convention_dilations_and_valid_match_numpy(align_corners):
+    x = _rand((2, 8, 6, 3))
+    w = _rand((3, 2, 3 + 2, 4), seed=2)
+    got = coordconv.coord_conv(x, w, padding="valid", dilations=(2, 1),
+                               align_corners=align_corners).numpy()
+    want = _np_conv(ref_add_coords(x, False, align_corners), w, dilations=(2, 1),
+                    padding="VALID")
+    assert got.shape == want.shape == (2, 4, 5, 4)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    strided = coordconv.coord_conv(x, w, strides=(2, 3), align_corners=align_corners).numpy()
+    np.testing.assert_allclose(
+        strided, _np_conv(ref_add_coords(x, False, align_corners), w, strides=(2, 3)),
+        rtol=1e-5, atol=1e-5)
+
+
 def test_coord_conv_sees_position():
     # On a constant image a plain conv gives the same value everywhere; the
     # CoordConv with a kernel reading only the x channel reproduces x.
@@ -307,7 +367,7 @@ def test_docstring_examples_run():
 
 
 def test_keras_lambda_coordconv_layer():
-    keras = pytest.importorskip("keras")
+    import keras   # installed with TensorFlow: a missing one fails, not skips
     inp = keras.Input((None, None, 1))
     out = keras.layers.Conv2D(2, 1, use_bias=False)(keras.layers.Lambda(coordconv.add_coords)(inp))
     model = keras.Model(inp, out)

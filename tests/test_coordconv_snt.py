@@ -9,8 +9,11 @@ import coordconv_snt
 from coordconv_snt import CoordConv1D, CoordConv2D, CoordConv3D
 
 
-def _coords_np(spatial, with_r):
-    lin = [np.zeros(1) if n == 1 else np.linspace(-1, 1, n) for n in spatial]
+def _coords_np(spatial, with_r, align_corners=True):
+    if align_corners:
+        lin = [np.zeros(1) if n == 1 else np.linspace(-1, 1, n) for n in spatial]
+    else:   # pixel centres (2 i + 1) / n - 1
+        lin = [(2 * np.arange(n) + 1) / n - 1 for n in spatial]
     grids = np.meshgrid(*lin, indexing="ij")
     chans = [grids[a] for a in reversed(range(len(spatial)))]   # x, y, z
     if with_r:
@@ -18,8 +21,8 @@ def _coords_np(spatial, with_r):
     return np.stack(chans, -1)
 
 
-def _concat_coords_np(x, with_r):
-    c = _coords_np(x.shape[1:-1], with_r)
+def _concat_coords_np(x, with_r, align_corners=True):
+    c = _coords_np(x.shape[1:-1], with_r, align_corners)
     return np.concatenate([x, np.broadcast_to(c, x.shape[:1] + c.shape)], -1).astype(x.dtype)
 
 
@@ -89,6 +92,23 @@ def test_conv1d_and_conv3d_equal_hand_built():
         m3(x3).numpy(),
         (tf.nn.conv3d(_concat_coords_np(x3, False), m3.w, [1] * 5, "VALID") + m3.b).numpy(),
         rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("module,shape,conv", [
+    (CoordConv1D, (2, 9, 2), tf.nn.conv1d),
+    (CoordConv2D, (2, 6, 8, 2), tf.nn.conv2d),
+    (CoordConv3D, (1, 4, 5, 6, 1), tf.nn.conv3d),
+], ids=["1d", "2d", "3d"])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_align_corners_and_rate_reach_the_coordinates(module, shape, conv, align_corners):
+    x = _rand(shape)
+    n = len(shape) - 2
+    mod = module(3, 3, rate=2, with_r=True, align_corners=align_corners)
+    got = mod(x).numpy()
+    inputs = _concat_coords_np(x, True, align_corners)
+    strides = 1 if n == 1 else [1] * (n + 2)
+    want = conv(inputs, mod.w, strides, "SAME", dilations=2 if n == 1 else [1] + [2] * n + [1])
+    np.testing.assert_allclose(got, (want + mod.b).numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_unknown_dims_tf_function_and_gradients():

@@ -1,9 +1,10 @@
 """stn.py against independent references.
 
-References: PyTorch's affine_grid + grid_sample (when torch is installed),
-SciPy's ndimage.map_coordinates (bilinear / nearest with the matching
-boundary modes), a NumPy cubic-convolution loop, hand-computed cases and
-numerical gradients.
+References: PyTorch's affine_grid + grid_sample in float64 (forward and
+gradients), SciPy's ndimage.map_coordinates (bilinear / nearest with the
+matching boundary modes), a NumPy cubic-convolution loop, NumPy grids,
+hand-computed cases and numerical gradients. torch and scipy are installed
+by the test command, so they are imported plainly: a missing one fails.
 """
 import itertools
 
@@ -12,8 +13,11 @@ import pytest
 import scipy.linalg
 import scipy.ndimage
 import tensorflow as tf
+import torch
 
+import spatial_convention
 import stn
+from tests.references import np_affine_grid, np_unnormalize, torch_warp
 
 COMBOS = list(itertools.product([False, True], stn.PADDING_MODES, stn.INTERPOLATIONS))
 COMBO_IDS = [f"{'ac' if a else 'noac'}-{p}-{i}" for a, p, i in COMBOS]
@@ -24,30 +28,9 @@ def random_theta(rng, batch, spread=0.3):
     return base + rng.normal(0.0, spread, (batch, 2, 3))
 
 
-def np_unnormalize(coord, size, align_corners):
-    """Independent statement of the convention (pixel i centred at i)."""
-    if align_corners:
-        return (coord + 1.0) / 2.0 * (size - 1)
-    return ((coord + 1.0) * size - 1.0) / 2.0
-
-
-def np_affine_grid(theta, out_h, out_w, align_corners):
-    def centres(n):
-        if align_corners:
-            return np.linspace(-1.0, 1.0, n) if n > 1 else np.zeros(1)
-        return (2.0 * np.arange(n) + 1.0) / n - 1.0
-    xs, ys = np.meshgrid(centres(out_w), centres(out_h))
-    pts = np.stack([xs, ys, np.ones_like(xs)], -1)           # [Ho, Wo, 3]
-    if theta.shape[1] == 3:                                    # projective
-        out = np.einsum("bij,hwj->bhwi", theta, pts)
-        return out[..., :2] / out[..., 2:3]
-    return np.einsum("bij,hwj->bhwi", theta, pts)
-
-
 # ---------------------------------------------------------------- PyTorch
 
 def torch_reference(img, grid, align_corners, padding_mode, interpolation, dy):
-    torch = pytest.importorskip("torch")
     ti = torch.tensor(img).permute(0, 3, 1, 2).requires_grad_(True)
     tg = torch.tensor(grid).requires_grad_(True)
     out = torch.nn.functional.grid_sample(ti, tg, mode=interpolation, padding_mode=padding_mode,
@@ -57,31 +40,96 @@ def torch_reference(img, grid, align_corners, padding_mode, interpolation, dy):
             tg.grad.numpy())
 
 
-@pytest.mark.parametrize("align_corners,padding_mode,interpolation", COMBOS, ids=COMBO_IDS)
-def test_grid_sample_matches_torch(align_corners, padding_mode, interpolation):
-    rng = np.random.default_rng(0)
-    img = rng.standard_normal((2, 6, 9, 3))
-    # Spans well outside [-1, 1] so every padding rule is exercised.
-    grid = rng.uniform(-1.8, 1.8, (2, 5, 7, 2))
-    dy = rng.standard_normal((2, 5, 7, 3))
-    ref_out, ref_gimg, ref_ggrid = torch_reference(img, grid, align_corners, padding_mode,
-                                                   interpolation, dy)
-    x, g = tf.constant(img), tf.constant(grid)
-    with tf.GradientTape() as tape:
-        tape.watch([x, g])
-        out = stn.grid_sample(x, g, align_corners=align_corners, padding_mode=padding_mode,
-                              interpolation=interpolation)
-    gimg, ggrid = tape.gradient(out, [x, g], output_gradients=tf.constant(dy))
-    np.testing.assert_allclose(out.numpy(), ref_out, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(gimg.numpy(), ref_gimg, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(ggrid.numpy(), ref_ggrid, rtol=0, atol=1e-11)
+@pytest.fixture
+def plain_ops():
+    """The sampler as plain TensorFlow ops (no XLA compilation) for one test."""
+    previous = spatial_convention.jit_enabled()
+    stn.set_jit(False)
+    yield
+    stn.set_jit(previous)
+
+
+def exact_lattice_case(align_corners):
+    """(height, width) and a grid of normalised values that are exact pixel
+    lattice points (whole and half pixels, inside, on the border and up to 2
+    pixels outside) in float64, in PyTorch's arithmetic as in ours: n - 1
+    (align_corners=True) or n (False) a power of two."""
+    h, w = (5, 9) if align_corners else (4, 8)
+    values = np.arange(-2.0, 2.001, 0.25)
+    xs, ys = np.meshgrid(values, values[::2])
+    return (h, w), np.stack([xs, ys], -1)[None].repeat(2, axis=0)
+
+
+@pytest.mark.parametrize("align_corners", [False, True], ids=["noac", "ac"])
+def test_grid_sample_on_the_pixel_lattice_matches_torch(align_corners, plain_ops):
+    """Points exactly on pixels, on the borders, on reflection lines and on
+    rounding ties: where every rule must make PyTorch's choice. Bilinear is
+    kinked there (its gradient is one-sided, from the floor cell); border
+    and reflection padding give no gradient to a coordinate exactly on the
+    border (PyTorch's clip_coordinates_set_grad); nearest rounds half to
+    even. Exact in float64 here, so any other choice shows at O(1).
+
+    As plain ops: these are rules, not round-off, and nine XLA compilations
+    per convention would cost 20 s; the identity test below checks the
+    border rule compiled."""
+    rng = np.random.default_rng(20)
+    (h, w), grid = exact_lattice_case(align_corners)
+    for padding_mode, interpolation in itertools.product(stn.PADDING_MODES, stn.INTERPOLATIONS):
+        img = rng.standard_normal((2, h, w, 3))
+        dy = rng.standard_normal(grid.shape[:3] + (3,))
+        ref_out, ref_gimg, ref_ggrid = torch_reference(img, grid, align_corners, padding_mode,
+                                                       interpolation, dy)
+        x, g = tf.constant(img), tf.constant(grid)
+        with tf.GradientTape() as tape:
+            tape.watch([x, g])
+            out = stn.grid_sample(x, g, align_corners=align_corners, padding_mode=padding_mode,
+                                  interpolation=interpolation)
+        gimg, ggrid = tape.gradient(out, [x, g], output_gradients=tf.constant(dy))
+        msg = f"{padding_mode} {interpolation}"
+        np.testing.assert_allclose(out.numpy(), ref_out, rtol=0, atol=1e-12, err_msg=msg)
+        np.testing.assert_allclose(gimg.numpy(), ref_gimg, rtol=0, atol=1e-12, err_msg=msg)
+        np.testing.assert_allclose(ggrid.numpy(), ref_ggrid, rtol=0, atol=1e-12, err_msg=msg)
+
+
+@pytest.mark.parametrize("align_corners,size", [(True, (17, 9)), (False, (4, 8))],
+                         ids=["ac-17x9", "noac-4x8"])
+def test_identity_theta_gradient_matches_torch(align_corners, size):
+    """How an STN starts training: at the identity every border pixel sits
+    exactly on the border, where border and reflection padding give the
+    coordinate no gradient (PyTorch's rule). Counting the border as inside
+    (>= for >) changes the theta gradient by more than 30 %. PyTorch's grid
+    is exact for these sizes (n - 1, resp. n, a power of two); elsewhere its
+    border points land an ulp inside or outside and one-sided bilinear
+    gradients legitimately differ."""
+    rng = np.random.default_rng(21)
+    h, w = size
+    theta = np.tile(np.eye(2, 3), (2, 1, 1))
+    for padding_mode, interpolation in [("border", "bilinear"), ("reflection", "bilinear")]:
+        img = rng.standard_normal((2, h, w, 3))
+        dy = rng.standard_normal((2, h, w, 3))
+        ref_out, ref_gimg, ref_gtheta = torch_warp(
+            img, theta, align_corners=align_corners, padding_mode=padding_mode,
+            interpolation=interpolation, dy=dy)
+        x, t = tf.constant(img), tf.constant(theta)
+        with tf.GradientTape() as tape:
+            tape.watch([x, t])
+            out = stn.spatial_transformer_network(x, t, align_corners=align_corners,
+                                                  padding_mode=padding_mode,
+                                                  interpolation=interpolation)
+        gimg, gtheta = tape.gradient(out, [x, t], output_gradients=tf.constant(dy))
+        msg = f"{padding_mode} {interpolation}"
+        np.testing.assert_array_equal(out.numpy(), img, err_msg=msg)
+        np.testing.assert_array_equal(ref_out, img, err_msg=msg)
+        np.testing.assert_allclose(gimg.numpy(), ref_gimg, rtol=0, atol=1e-12, err_msg=msg)
+        # Sums over every pixel: O(100), float64 round-off O(1e-13).
+        np.testing.assert_allclose(gtheta.numpy(), ref_gtheta, rtol=1e-12, atol=1e-12,
+                                   err_msg=msg)
 
 
 @pytest.mark.filterwarnings("ignore:Since version 1.3.0, affine_grid behavior")
 @pytest.mark.parametrize("out_dims", [None, (4, 5), (13, 11), (1, 1)], ids=str)
 @pytest.mark.parametrize("align_corners,padding_mode,interpolation", COMBOS, ids=COMBO_IDS)
 def test_transformer_matches_torch_float32(align_corners, padding_mode, interpolation, out_dims):
-    torch = pytest.importorskip("torch")
     rng = np.random.default_rng(1)
     img = rng.standard_normal((2, 7, 9, 3)).astype(np.float32)
     theta = random_theta(rng, 2).astype(np.float32)
@@ -371,7 +419,7 @@ def test_numerical_gradients(padding_mode, interpolation):
 def test_second_order_gradient(jit, interpolation):
     """The sampler's written-out gradient is itself differentiable."""
     rng = np.random.default_rng(9)
-    img = tf.constant(rng.standard_normal((2, 6, 7, 5)))
+    img = tf.constant(rng.standard_normal((2, 5, 6, 2)))
     theta = tf.constant(rng.normal(0, 0.2, (2, 6)) + [1, 0.1, 0.05, -0.1, 0.9, 0.02])
 
     def theta_gradient(x):
@@ -407,14 +455,12 @@ def test_nearest_grid_gradient_is_zero_not_none():
 
 
 # ---------------------------------------------------------------- compatibility
+#
+# Each execution mode against PyTorch in float64 (not against stn's own
+# other path). float32 inputs: coordinates of O(10) px carry ~1e-6 px of
+# round-off, so values agree to ~1e-5; theta gradients sum O(100) terms.
 
-def reference_warp(img, theta, out_dims=None, **kw):
-    """Plain-op (non-XLA) path as the reference for the compatibility checks."""
-    stn.set_jit(False)
-    try:
-        return stn.spatial_transformer_network(img, theta, out_dims, **kw).numpy()
-    finally:
-        stn.set_jit(True)
+F32_ATOL = 2e-5
 
 
 @pytest.fixture
@@ -427,12 +473,13 @@ def data():
 @pytest.mark.parametrize("padding_mode,interpolation", [("zeros", "bilinear"),
                                                         ("reflection", "bicubic"),
                                                         ("border", "nearest")])
-def test_jit_and_plain_ops_agree(data, padding_mode, interpolation):
+def test_xla_and_plain_ops_match_torch(data, jit, padding_mode, interpolation):
     img, theta = data
     out = stn.spatial_transformer_network(img, theta, padding_mode=padding_mode,
                                           interpolation=interpolation).numpy()
-    ref = reference_warp(img, theta, padding_mode=padding_mode, interpolation=interpolation)
-    np.testing.assert_allclose(out, ref, atol=1e-5)
+    np.testing.assert_allclose(out, torch_warp(img, theta, padding_mode=padding_mode,
+                                               interpolation=interpolation),
+                               rtol=0, atol=F32_ATOL)
 
 
 def test_tf_function_with_unknown_dims(data):
@@ -440,16 +487,18 @@ def test_tf_function_with_unknown_dims(data):
     fn = tf.function(lambda x, t: stn.spatial_transformer_network(x, t, (5, 7)),
                      input_signature=[tf.TensorSpec([None, None, None, 4], tf.float32),
                                       tf.TensorSpec([None, 6], tf.float32)])
-    np.testing.assert_allclose(fn(img, theta).numpy(), reference_warp(img, theta, (5, 7)),
-                               atol=1e-5)
+    np.testing.assert_allclose(fn(img, theta).numpy(), torch_warp(img, theta, (5, 7)),
+                               rtol=0, atol=F32_ATOL)
     np.testing.assert_allclose(fn(img[:1, :7], theta[:1]).numpy(),
-                               reference_warp(img[:1, :7], theta[:1], (5, 7)), atol=1e-5)
+                               torch_warp(img[:1, :7], theta[:1], (5, 7)), rtol=0, atol=F32_ATOL)
     grid_fn = tf.function(lambda x, g: stn.grid_sample(x, g),
                           input_signature=[tf.TensorSpec([None, None, None, None], tf.float32),
                                            tf.TensorSpec([None, None, None, 2], tf.float32)])
-    grid = stn.affine_grid(theta, (4, 4))
-    np.testing.assert_allclose(grid_fn(img, grid).numpy(), stn.grid_sample(img, grid).numpy(),
-                               atol=1e-6)
+    grid = np_affine_grid(theta.reshape(3, 2, 3).astype(np.float64), 4, 4, False)
+    ref, _, _ = torch_reference(img.astype(np.float64), grid, False, "zeros", "bilinear",
+                                np.zeros((3, 4, 4, 4)))
+    np.testing.assert_allclose(grid_fn(img, grid.astype(np.float32)).numpy(), ref,
+                               rtol=0, atol=F32_ATOL)
 
 
 def test_dynamic_out_dims_tensor(data):
@@ -459,7 +508,7 @@ def test_dynamic_out_dims_tensor(data):
                                       tf.TensorSpec([None, 6], tf.float32),
                                       tf.TensorSpec([2], tf.int32)])
     np.testing.assert_allclose(fn(img, theta, tf.constant([6, 3])).numpy(),
-                               reference_warp(img, theta, (6, 3)), atol=1e-5)
+                               torch_warp(img, theta, (6, 3)), rtol=0, atol=F32_ATOL)
 
 
 def test_tf1_graph_with_unknown_dims_and_gradients(data):
@@ -471,14 +520,11 @@ def test_tf1_graph_with_unknown_dims_and_gradients(data):
         grads = tf.compat.v1.gradients(tf.reduce_sum(out ** 2), [x, t])
         with tf.compat.v1.Session() as sess:
             got, (gx, gt) = sess.run([out, grads], {x: img, t: theta})
-    np.testing.assert_allclose(got, reference_warp(img, theta, padding_mode="border"), atol=1e-5)
-    x, t = tf.constant(img), tf.constant(theta)
-    with tf.GradientTape() as tape:
-        tape.watch([x, t])
-        loss = tf.reduce_sum(stn.spatial_transformer_network(x, t, padding_mode="border") ** 2)
-    ex, et = tape.gradient(loss, [x, t])
-    np.testing.assert_allclose(gx, ex.numpy(), atol=1e-4)
-    np.testing.assert_allclose(gt, et.numpy(), rtol=1e-4, atol=1e-3)
+    ref = torch_warp(img, theta, padding_mode="border")
+    _, ref_gx, ref_gt = torch_warp(img, theta, padding_mode="border", dy=2 * ref)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=F32_ATOL)
+    np.testing.assert_allclose(gx, ref_gx, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(gt, ref_gt, rtol=1e-4, atol=1e-3)
 
 
 def test_inside_jit_compiled_function(data):
@@ -493,30 +539,59 @@ def test_inside_jit_compiled_function(data):
         return out, tape.gradient(loss, t)
 
     out, grad = step(img, theta)
-    np.testing.assert_allclose(out.numpy(), reference_warp(img, theta, (8, 8),
-                                                           interpolation="bicubic"), atol=1e-5)
-    t = tf.constant(theta)
-    with tf.GradientTape() as tape:
-        tape.watch(t)
-        loss = tf.reduce_sum(stn.spatial_transformer_network(img, t, (8, 8),
-                                                             interpolation="bicubic"))
-    np.testing.assert_allclose(grad.numpy(), tape.gradient(loss, t).numpy(), rtol=1e-4, atol=1e-3)
+    ref, _, ref_grad = torch_warp(img, theta, (8, 8), interpolation="bicubic",
+                                  dy=np.ones((3, 8, 8, 4)))
+    np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=F32_ATOL)
+    np.testing.assert_allclose(grad.numpy(), ref_grad, rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("dtype,atol", [(tf.float16, 2e-2), (tf.bfloat16, 1e-1),
-                                        (tf.float32, 1e-5), (tf.float64, 1e-12)])
-def test_dtype_is_kept(data, dtype, atol):
+# Unit round-off u of each half type, and the error allowed in units of
+# u * max|img|. The sampler computes coordinates in float32 and rounds each
+# weight, product and partial sum to the half type: a sum of K terms whose
+# weights add up to ~1 (bilinear, 4 taps) or ~1.9 in absolute value
+# (bicubic, 16 taps). Measured: 0.8 (bilinear) and 2.2 (bicubic) u * max|img|
+# on float16 and bfloat16, XLA and plain ops; nearest is exact. Coordinates
+# computed in the half type itself would cost ~5x the bilinear allowance
+# here (a 10x12 image: float16 spacing near x = 10 is 1/128 px).
+HALF_UNIT_ROUNDOFF = {tf.float16: 2.0 ** -11, tf.bfloat16: 2.0 ** -8}
+HALF_ALLOWANCE = {"bilinear": 3.0, "bicubic": 6.0, "nearest": 0.0}
+
+
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16, tf.float32, tf.float64],
+                         ids=lambda d: d.name)
+def test_dtype_is_kept(data, dtype):
     img, theta = data
-    x = tf.cast(img, dtype)
+    x, t = tf.cast(img, dtype), tf.cast(theta, dtype)
+    # The reference sees exactly the rounded inputs.
+    x64, t64 = tf.cast(x, tf.float64).numpy(), tf.cast(t, tf.float64).numpy()
     for interpolation in stn.INTERPOLATIONS:
-        out = stn.spatial_transformer_network(x, tf.cast(theta, dtype), interpolation=interpolation)
+        out = stn.spatial_transformer_network(x, t, interpolation=interpolation)
         assert out.dtype == dtype
-        ref = reference_warp(tf.cast(x, tf.float64), tf.cast(tf.cast(theta, dtype), tf.float64),
-                             interpolation=interpolation)
-        np.testing.assert_allclose(tf.cast(out, tf.float64).numpy(), ref, atol=atol * 4,
-                                   rtol=atol)
-    grid = stn.affine_grid(tf.cast(theta, dtype), (3, 3))
+        ref = torch_warp(x64, t64, interpolation=interpolation)
+        if dtype in HALF_UNIT_ROUNDOFF:
+            atol = (HALF_ALLOWANCE[interpolation] * HALF_UNIT_ROUNDOFF[dtype]
+                    * np.abs(x64).max())
+        else:
+            atol = F32_ATOL if dtype == tf.float32 else 1e-12
+        np.testing.assert_allclose(tf.cast(out, tf.float64).numpy(), ref, rtol=0, atol=atol,
+                                   err_msg=interpolation)
+    grid = stn.affine_grid(t, (3, 3))
     assert grid.dtype == dtype
+
+
+def test_float64_coordinates_stay_float64_with_a_float32_image():
+    """Coordinates are computed in float64 if the grid or theta is float64
+    (spatial_convention.compute_dtype), whatever the image's dtype. Pixel
+    x = 2.5 + 1e-9: nearest reads pixel 3; in float32 the offset vanishes
+    and the tie rounds to even, pixel 2."""
+    img = np.arange(8.0, dtype=np.float32).reshape(1, 1, 8, 1)
+    x = 2.5 + 1e-9
+    grid = np.array([[[[(2 * x + 1) / 8 - 1, 0.0]]]])                  # align_corners=False
+    out = stn.grid_sample(img, grid, interpolation="nearest")
+    assert out.dtype == tf.float32 and out.numpy().item() == 3.0
+    theta = np.array([[1.0, 0.0, 2 * (x - 3.0) / 8, 0.0, 1.0, 0.0]])   # output pixel 3 -> x
+    out = stn.spatial_transformer_network(img, theta, interpolation="nearest")
+    assert out.dtype == tf.float32 and out.numpy()[0, 0, 3, 0] == 3.0
 
 
 def test_integer_images_are_cast_to_float32():
@@ -535,7 +610,7 @@ def test_affine_grid_generator_and_bilinear_sampler_layouts(data):
     np.testing.assert_allclose(grids.numpy(), np_affine_grid(theta.reshape(3, 2, 3).astype(
         np.float64), 5, 6, False).transpose(0, 3, 1, 2), atol=1e-6)
     out = stn.bilinear_sampler(img, grids[:, 0], grids[:, 1])
-    np.testing.assert_allclose(out.numpy(), reference_warp(img, theta, (5, 6)), atol=1e-5)
+    np.testing.assert_allclose(out.numpy(), torch_warp(img, theta, (5, 6)), rtol=0, atol=F32_ATOL)
 
 
 @pytest.mark.parametrize("align_corners", [False, True])
@@ -602,6 +677,10 @@ def test_invert_and_compose():
     composed = stn.compose_affine(a, proj).numpy()
     expected = ha @ proj
     np.testing.assert_allclose(composed, expected / expected[:, 2:, 2:], atol=1e-12)
+    # A projective inverse is normalised to h22 = 1, like projective_theta's.
+    inverse = np.linalg.inv(proj)
+    np.testing.assert_allclose(stn.invert_affine(proj).numpy(), inverse / inverse[:, 2:, 2:],
+                               atol=1e-12)
 
 
 def test_warp_then_inverse_restores_interior():
@@ -673,8 +752,9 @@ def test_non_finite_theta_never_crashes_or_leaks(padding_mode, interpolation):
     out = out.numpy()
     assert np.isnan(out[0]).all()
     # Other batch elements are untouched by their neighbours' NaN / inf.
-    np.testing.assert_allclose(out[2], reference_warp(img[2:], theta[2:], padding_mode=padding_mode,
-                                                      interpolation=interpolation)[0], atol=1e-5)
+    np.testing.assert_allclose(out[2], torch_warp(img[2:], theta[2:], padding_mode=padding_mode,
+                                                  interpolation=interpolation)[0],
+                               rtol=0, atol=F32_ATOL)
     assert np.isfinite(grad[2]).all()
     if padding_mode == "zeros":          # x -> inf: everything reads outside
         np.testing.assert_array_equal(out[1], 0.0)

@@ -72,11 +72,13 @@ def test_learns_a_translation():
     first = float(step())
     for _ in range(150):
         last = float(step())
-    assert last < 0.05 * first
+    assert last < 1e-3 * first
     # 3 pixels of 16 = 0.375 normalised (align_corners=False); theta maps
-    # output to input, so the output reads from 3 px to the right.
+    # output to input, so the output reads from 3 px to the right. The
+    # optimum is 0.3745 (the roll wraps the Gaussian's far tail around);
+    # align_corners=True would give 3 / 7.5 = 0.4, the tolerance's 5x.
     theta = st.predict_theta(shifted).numpy()
-    np.testing.assert_allclose(theta[0, :, 2], [0.375, 0.0], atol=0.03)
+    np.testing.assert_allclose(theta[0, :, 2], [0.375, 0.0], atol=0.005)
 
 
 def test_bad_arguments():
