@@ -1,7 +1,9 @@
 """benchmarks/: the script runs (tiny mode) and its references are faithful.
 
 * ``benchmarks/bench.py --tiny --json`` runs in a subprocess, as a user runs
-  it, and its table / JSON has every row with finite positive times.
+  it, and its table / JSON has every row with finite positive times, for
+  every group (each group's build-time check that ours and its references
+  compute the same thing runs there too); ``--only`` selects groups.
 * The TF2 port of the seed's DSNT (``benchmarks/seed_dsnt.py``) gives the
   same heatmaps and coordinates as our ``dsnt.dsnt`` on a batch of 2, and the
   same JS loss once its [0, 1] centre units are accounted for.
@@ -56,6 +58,44 @@ def test_help():
     assert out.returncode == 0, out.stderr
     for flag in ("--tiny", "--only", "--json", "--repeats", "--threads", "--memory"):
         assert flag in out.stdout
+    for group in bench.GROUP_ORDER:
+        assert group in out.stdout
+
+
+def test_every_target_names_a_default_case():
+    """check_targets reports a target only if its group and shape are run by default."""
+    default = {"stn": bench.STN_SHAPES, "stn-small": bench.STN_SMALL_SHAPES,
+               "volume": bench.VOLUME_SHAPES, "warp": bench.WARP_SHAPES,
+               "dsnt": bench.DSNT_CASES, "dsnt3d": bench.DSNT3D_CASES}
+    for group, shape, _, _, _, _ in bench.TARGETS:
+        assert shape in default[group], (group, shape)
+
+
+def test_only_runs_the_chosen_groups(tmp_path, capsys):
+    assert bench.parse_args(["--only", "warp", "--only", "tps"]).only == ["warp", "tps"]
+    assert bench.parse_args([]).only is None
+    path = tmp_path / "bench.json"
+    bench.main(["--tiny", "--only", "dsnt3d", "--json", str(path)])
+    capsys.readouterr()
+    data = json.loads(path.read_text())
+    assert [c["group"] for c in data["cases"]] == ["dsnt3d"] * len(bench.TINY_DSNT3D_CASES)
+
+
+def test_build_time_check_catches_different_work():
+    bench.check_same("same", np.ones(3), np.ones(3) + 1e-6)
+    with pytest.raises(AssertionError, match="different things"):
+        bench.check_same("different", np.ones(3), np.ones(3) + 1e-2)
+    with pytest.raises(AssertionError, match="shapes differ"):
+        bench.check_same("shapes", np.ones(3), np.ones(4))
+
+
+def test_identity_grid_is_the_convention():
+    grid = bench.identity_grid((3, 4))
+    want = stn.affine_grid(stn.identity_theta(1), (3, 4)).numpy()
+    np.testing.assert_allclose(grid, want, atol=1e-7)
+    grid3 = bench.identity_grid((2, 3, 4))
+    want3 = stn.affine_grid(stn.identity_theta(1, ndim=3), (2, 3, 4)).numpy()
+    np.testing.assert_allclose(grid3, want3, atol=1e-7)
 
 
 def test_tiny_run_has_every_row(tmp_path):
@@ -69,14 +109,29 @@ def test_tiny_run_has_every_row(tmp_path):
     assert data["mode"] == "tiny"
 
     have_torch = _optional("torch")
+    have_dsntnn = have_torch and _optional("dsntnn")
+    have_kornia = have_torch and _optional("kornia")
+    stn_rows = ({"ours", "tf ImageProjectiveTransformV3"}
+                | ({"seed stn"} if _seed_stn_present() else set())
+                | ({"torch", "torch +NHWC"} if have_torch else set()))
     want = {
-        "stn": {"ours", "tf ImageProjectiveTransformV3"}
-        | ({"seed stn"} if _seed_stn_present() else set())
-        | ({"torch", "torch +NHWC"} if have_torch else set()),
-        "dsnt": {"ours", "seed dsnt"} | ({"dsntnn"} if have_torch and _optional("dsntnn") else set()),
+        "stn": stn_rows,
+        "stn-small": stn_rows,
+        "volume": {"ours", "ours affine_grid+grid_sample"} | ({"torch"} if have_torch else set()),
+        "warp": {"ours"} | ({"torch"} if have_torch else set()),
+        "velocity": {"ours", "ours plain"} | ({"torch"} if have_torch else set()),
+        "dsnt": {"ours", "seed dsnt"} | ({"dsntnn"} if have_dsntnn else set()),
+        "dsnt3d": {"ours"} | ({"dsntnn"} if have_dsntnn else set()),
+        "tps": {"ours", "ours plain"}
+        | ({"kornia", "kornia get_tps_transform"} if have_kornia else set()),
     }
+    tiny_cases = {"stn": bench.TINY_STN_SHAPES, "stn-small": bench.TINY_STN_SMALL_SHAPES,
+                  "volume": bench.TINY_VOLUME_SHAPES, "warp": bench.TINY_WARP_SHAPES,
+                  "velocity": bench.TINY_VELOCITY_SHAPES, "dsnt": bench.TINY_DSNT_CASES,
+                  "dsnt3d": bench.TINY_DSNT3D_CASES, "tps": bench.TINY_TPS_CASES}
+    assert set(tiny_cases) == set(bench.GROUP_ORDER) == set(want)
     groups = [c["group"] for c in data["cases"]]
-    assert groups == ["stn"] * len(bench.TINY_STN_SHAPES) + ["dsnt"] * len(bench.TINY_DSNT_CASES)
+    assert groups == [g for g in bench.GROUP_ORDER for _ in tiny_cases[g]]
     for case in data["cases"]:
         names = {row["impl"] for row in case["rows"]}
         assert names == want[case["group"]], (case["shape"], names, case["skipped"])
