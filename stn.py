@@ -865,9 +865,7 @@ def displacement_to_normalized(displacement: TensorLike, *, size: Optional[Size]
       >>> displacement_to_normalized(tf.fill([1, 4, 4, 2], 2.0))[0, 0, 0].numpy()
       array([1., 1.], dtype=float32)
     """
-    field, n = _check_field(displacement, "displacement")
-    size = check_size(size, name="size", ndim=(n,))
-    scale = _pixels_per_unit(field, size, check_bool(align_corners, name="align_corners"))
+    field, scale = _field_and_scale(displacement, size, align_corners)
     return tf.cast(tf.cast(field, scale.dtype) / scale, field.dtype)
 
 
@@ -879,10 +877,15 @@ def displacement_to_pixels(displacement: TensorLike, *, size: Optional[Size] = N
       >>> displacement_to_pixels(tf.fill([1, 4, 4, 2], 1.0))[0, 0, 0].numpy()
       array([2., 2.], dtype=float32)
     """
+    field, scale = _field_and_scale(displacement, size, align_corners)
+    return tf.cast(tf.cast(field, scale.dtype) * scale, field.dtype)
+
+
+def _field_and_scale(displacement, size, align_corners):
+    """The checked field and its pixels per normalised unit (see :func:`_pixels_per_unit`)."""
     field, n = _check_field(displacement, "displacement")
     size = check_size(size, name="size", ndim=(n,))
-    scale = _pixels_per_unit(field, size, check_bool(align_corners, name="align_corners"))
-    return tf.cast(tf.cast(field, scale.dtype) * scale, field.dtype)
+    return field, _pixels_per_unit(field, size, check_bool(align_corners, name="align_corners"))
 
 
 def resize_displacement(displacement: TensorLike, size: Size, *, units: Units = "pixels",

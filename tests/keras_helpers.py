@@ -12,6 +12,7 @@ import warnings
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,3 +80,12 @@ def fresh_process_reload_predict(path, inputs, modules):
                           env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return dict(np.load(out))
+
+
+def same_error(functional, layer, kind=ValueError):
+    """``layer()`` raises ``kind`` with exactly the message ``functional()`` raises."""
+    with pytest.raises(kind) as want:
+        functional()
+    with pytest.raises(kind) as got:
+        layer()
+    assert str(got.value) == str(want.value)

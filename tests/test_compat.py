@@ -267,12 +267,42 @@ def traced(fn, wrt):
 KEEP_STATIC = {"stn.invert_affine": 2, "stn.compose_affine": 2}  # trailing dims kept
 
 
-def unknown_shape(x, name):
-    keep = KEEP_STATIC.get(name, 0)
+def unknown_shape(x, keep=0):
+    """``x``'s shape with every dimension unknown but the last ``keep``."""
     shape = [None] * np.ndim(x)
     if keep:
         shape[-keep:] = np.shape(x)[-keep:]
     return shape
+
+
+def in_tf_function(fn, inputs, wrt, keep=0):
+    """Outputs and gradients of ``fn`` traced with unknown shapes (``unknown_shape``)."""
+    traced_fn = tf.function(traced(fn, wrt),
+                            input_signature=[tf.TensorSpec(unknown_shape(x, keep), tf.float32)
+                                             for x in inputs])
+    out, grads = traced_fn(*inputs)
+    return flat(out), [np.asarray(g) for g in grads]
+
+
+def in_tf1_graph(fn, inputs, wrt, keep=0):
+    """Outputs and gradients of ``fn`` in a TF1 graph of placeholders with unknown shapes,
+    run in a Session."""
+    with tf.Graph().as_default():
+        placeholders = [tf.compat.v1.placeholder(tf.float32, unknown_shape(x, keep))
+                        for x in inputs]
+        out = fn(*placeholders)
+        loss = sum(tf.reduce_sum(tf.cast(o, tf.float32) ** 2) for o in tf.nest.flatten(out))
+        grads = tf.compat.v1.gradients(loss, [placeholders[i] for i in wrt])
+        with tf.compat.v1.Session() as sess:
+            got_out, got_grads = sess.run([tf.nest.flatten(out), grads],
+                                          dict(zip(placeholders, inputs)))
+    return [np.asarray(o) for o in got_out], got_grads
+
+
+def under_jit(fn, inputs, wrt):
+    """Outputs and gradients of ``fn`` in a ``tf.function(jit_compile=True)``."""
+    out, grads = tf.function(traced(fn, wrt), jit_compile=True)(*inputs)
+    return flat(out), [np.asarray(g) for g in grads]
 
 
 def check(got, want, atol=2e-5):
@@ -305,37 +335,17 @@ def test_eager_matches_the_reference(name):
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_tf_function_with_every_dim_unknown(name):
-    fn, inputs, wrt = CASES[name]
-    want = eager_result(name)
-    traced_fn = tf.function(traced(fn, wrt),
-                            input_signature=[tf.TensorSpec(unknown_shape(x, name), tf.float32)
-                                             for x in inputs])
-    out, grads = traced_fn(*inputs)
-    check((flat(out), [np.asarray(g) for g in grads]), want)
+    check(in_tf_function(*CASES[name], KEEP_STATIC.get(name, 0)), eager_result(name))
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_tf1_graph_with_every_dim_unknown(name):
-    fn, inputs, wrt = CASES[name]
-    want = eager_result(name)
-    with tf.Graph().as_default():
-        placeholders = [tf.compat.v1.placeholder(tf.float32, unknown_shape(x, name))
-                        for x in inputs]
-        out = fn(*placeholders)
-        loss = sum(tf.reduce_sum(tf.cast(o, tf.float32) ** 2) for o in tf.nest.flatten(out))
-        grads = tf.compat.v1.gradients(loss, [placeholders[i] for i in wrt])
-        with tf.compat.v1.Session() as sess:
-            got_out, got_grads = sess.run([tf.nest.flatten(out), grads],
-                                          dict(zip(placeholders, inputs)))
-    check(([np.asarray(o) for o in got_out], got_grads), want)
+    check(in_tf1_graph(*CASES[name], KEEP_STATIC.get(name, 0)), eager_result(name))
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_jit_compile(name):
-    fn, inputs, wrt = CASES[name]
-    want = eager_result(name)
-    out, grads = tf.function(traced(fn, wrt), jit_compile=True)(*inputs)
-    check((flat(out), [np.asarray(g) for g in grads]), want)
+    check(under_jit(*CASES[name]), eager_result(name))
 
 
 @pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16, tf.float64])

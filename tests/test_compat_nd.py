@@ -74,51 +74,30 @@ KEEP_STATIC = {"stn.similarity_theta[3-D]": 1, "stn.rotation_theta[3-D]": 1,
                "stn.compose_affine[3-D]": 1}
 
 
-def unknown_shape(x, name):
-    keep = KEEP_STATIC.get(name, 0)
-    shape = [None] * np.ndim(x)
-    if keep:
-        shape[-keep:] = np.shape(x)[-keep:]
-    return shape
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_tf_function_with_every_dim_unknown(name):
     fn, inputs, wrt = CASES[name]
-    want = test_compat.eager(fn, inputs, wrt)
-    traced = tf.function(test_compat.traced(fn, wrt),
-                         input_signature=[tf.TensorSpec(unknown_shape(x, name), tf.float32)
-                                          for x in inputs])
-    out, grads = traced(*inputs)
-    test_compat.check((test_compat.flat(out), [np.asarray(g) for g in grads]), want)
+    test_compat.check(test_compat.in_tf_function(fn, inputs, wrt, KEEP_STATIC.get(name, 0)),
+                      test_compat.eager(fn, inputs, wrt))
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_tf1_graph_with_every_dim_unknown(name):
     fn, inputs, wrt = CASES[name]
-    want = test_compat.eager(fn, inputs, wrt)
-    with tf.Graph().as_default():
-        placeholders = [tf.compat.v1.placeholder(tf.float32, unknown_shape(x, name))
-                        for x in inputs]
-        out = fn(*placeholders)
-        loss = sum(tf.reduce_sum(tf.cast(o, tf.float32) ** 2) for o in tf.nest.flatten(out))
-        grads = tf.compat.v1.gradients(loss, [placeholders[i] for i in wrt])
-        with tf.compat.v1.Session() as sess:
-            got_out, got_grads = sess.run([tf.nest.flatten(out), grads],
-                                          dict(zip(placeholders, inputs)))
-    test_compat.check(([np.asarray(o) for o in got_out], got_grads), want)
+    test_compat.check(test_compat.in_tf1_graph(fn, inputs, wrt, KEEP_STATIC.get(name, 0)),
+                      test_compat.eager(fn, inputs, wrt))
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_jit_compile(name):
     fn, inputs, wrt = CASES[name]
-    want = test_compat.eager(fn, inputs, wrt)
-    out, grads = tf.function(test_compat.traced(fn, wrt), jit_compile=True)(*inputs)
-    test_compat.check((test_compat.flat(out), [np.asarray(g) for g in grads]), want)
+    test_compat.check(test_compat.under_jit(fn, inputs, wrt), test_compat.eager(fn, inputs, wrt))
 
 
 @pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16, tf.float64])
-def test_dtypes_are_kept(dtype):
+def test_dtypes_are_kept(dtype, plain_ops):
+    # Plain ops: the dtype rules are the same with XLA (test_jit_compile), and
+    # compiling every function for three dtypes took ~40 s per dtype.
     c = lambda x: tf.cast(x, dtype)
     assert stn.grid_sample(c(VOL), c(GRID3)).dtype == dtype
     assert stn.spatial_transformer_network(c(VOL), c(THETA12)).dtype == dtype

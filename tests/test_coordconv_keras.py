@@ -211,19 +211,11 @@ def test_mixed_float16_outputs_half_and_trains():
 # errors
 # --------------------------------------------------------------------------
 
-def same_error(functional, layer, kind=ValueError):
-    with pytest.raises(kind) as want:
-        functional()
-    with pytest.raises(kind) as got:
-        layer()
-    assert str(got.value) == str(want.value)
-
-
 def test_bad_arguments_fail_at_construction_with_the_functional_messages():
     x = inputs((1, 4, 4, 1))
-    same_error(lambda: coordconv.add_coords(x, with_r="yes"), lambda: AddCoords(with_r="yes"),
+    keras_helpers.same_error(lambda: coordconv.add_coords(x, with_r="yes"), lambda: AddCoords(with_r="yes"),
                TypeError)
-    same_error(lambda: coordconv.add_coords(x, align_corners=None),
+    keras_helpers.same_error(lambda: coordconv.add_coords(x, align_corners=None),
                lambda: CoordConv2D(4, 3, align_corners=None), TypeError)
     with pytest.raises(ValueError, match="data_format must be one of 'channels_last', "
                                          "'channels_first'; got 'NHWC'"):

@@ -91,7 +91,6 @@ def _assert_same_training(doc, weights, ref_doc, ref_weights):
                                    err_msg=k)
 
 
-@pytest.mark.slow
 def test_two_workers_and_two_replicas_match_one_process(tmp_path):
     ports = _free_ports(2)
     cluster = {"worker": [f"localhost:{p}" for p in ports]}

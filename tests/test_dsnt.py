@@ -445,14 +445,6 @@ def test_coordinate_losses_match_numpy_and_tf1_mse():
 # (test_kernels_*), so an XLA compilation per finite-difference test would
 # only cost time.
 
-@pytest.fixture
-def plain():
-    """The kernels' compiled parts run as plain ops for the test."""
-    previous = spatial_convention.jit_enabled()
-    spatial_convention.set_jit(False)
-    yield
-    spatial_convention.set_jit(previous)
-
 
 def _check_grad(f, *args, atol=1e-6, rtol=1e-5):
     theoretical, numerical = tf.test.compute_gradient(tf.function(f),
@@ -462,7 +454,7 @@ def _check_grad(f, *args, atol=1e-6, rtol=1e-5):
 
 
 @pytest.mark.parametrize("method", ["softmax", "relu", "abs", "sigmoid"])
-def test_dsnt_gradient(method, plain):
+def test_dsnt_gradient(method, plain_ops):
     x = RNG.normal(size=(2, 3, 4, 2))
     x = np.where(np.abs(x) < 0.1, 0.5, x)    # keep relu/abs away from their kinks
     w_maps = tf.constant(RNG.normal(size=(2, 3, 4, 2)))
@@ -477,7 +469,7 @@ def test_dsnt_gradient(method, plain):
     _check_grad(both, x)
 
 
-def test_dsnt_second_order_gradient_matches_autodiff_of_the_definition(plain):
+def test_dsnt_second_order_gradient_matches_autodiff_of_the_definition(plain_ops):
     """The softmax DSNT's hand-written gradient is itself differentiable: a
     Hessian-vector product through maps and coordinates equals plain autodiff
     of softmax + expectation."""
@@ -509,7 +501,7 @@ def test_dsnt_second_order_gradient_matches_autodiff_of_the_definition(plain):
 
 
 @pytest.mark.parametrize("loss", ["js", "kl"])
-def test_divergence_gradient_wrt_heatmaps_and_centres(loss, plain):
+def test_divergence_gradient_wrt_heatmaps_and_centres(loss, plain_ops):
     logits = RNG.normal(size=(2, 4, 5, 2))
     t = RNG.uniform(-0.8, 0.8, size=(2, 2, 2))
     f = getattr(dsnt, f"{loss}_reg_loss")
@@ -519,7 +511,7 @@ def test_divergence_gradient_wrt_heatmaps_and_centres(loss, plain):
                 np.float64(2.0))
 
 
-def test_js_second_order_gradient_matches_autodiff_of_the_definition(plain):
+def test_js_second_order_gradient_matches_autodiff_of_the_definition(plain_ops):
     """JS's hand-written gradient is itself differentiable: a Hessian-vector
     product (to heatmaps and centres) equals plain autodiff of dsntnn's
     formula, with the Gaussian written out on the pixel grid."""

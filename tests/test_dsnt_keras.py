@@ -345,20 +345,12 @@ def test_a_volume_keypoint_model_trains_and_reloads(tmp_path):
 # errors
 # --------------------------------------------------------------------------
 
-def same_error(functional, layer, kind=ValueError):
-    with pytest.raises(kind) as want:
-        functional()
-    with pytest.raises(kind) as got:
-        layer()
-    assert str(got.value) == str(want.value)
-
-
 def test_bad_arguments_fail_at_construction_with_the_functional_messages():
     x, c = logits((2, 5, 5)), targets((2, 2))
-    same_error(lambda: dsnt.dsnt(x, method="argmax"), lambda: DSNT("argmax"))
+    keras_helpers.same_error(lambda: dsnt.dsnt(x, method="argmax"), lambda: DSNT("argmax"))
     for fwhm in (0.0, -1, float("nan")):
-        same_error(lambda: dsnt.js_reg_loss(x, c, fwhm=fwhm), lambda: JSRegLoss(fwhm=fwhm))
-    same_error(lambda: dsnt.kl_reg_loss(x, c, fwhm=True), lambda: KLRegLoss(fwhm=True), TypeError)
+        keras_helpers.same_error(lambda: dsnt.js_reg_loss(x, c, fwhm=fwhm), lambda: JSRegLoss(fwhm=fwhm))
+    keras_helpers.same_error(lambda: dsnt.kl_reg_loss(x, c, fwhm=True), lambda: KLRegLoss(fwhm=True), TypeError)
     with pytest.raises(ValueError, match="reduction"):
         EuclideanLoss(reduction="average")
 
@@ -366,7 +358,7 @@ def test_bad_arguments_fail_at_construction_with_the_functional_messages():
 def test_bad_shapes_fail_when_the_model_is_built_or_the_loss_runs():
     with pytest.raises(ValueError, match=r"inputs must have rank 3 or 4 or 5 \(\[B, H, W\]"):
         DSNT()(keras.Input((8,)))
-    same_error(lambda: dsnt.euclidean_loss(targets((2, 3, 2)), targets((2, 2, 2))),
+    keras_helpers.same_error(lambda: dsnt.euclidean_loss(targets((2, 3, 2)), targets((2, 2, 2))),
                lambda: EuclideanLoss()(targets((2, 2, 2)), targets((2, 3, 2))))
 
 

@@ -482,7 +482,6 @@ def test_table1_layout_means_and_paper_numbers(tmp_path):
     assert "cluttered" not in details.split("Welch")[1]    # one model only: no comparison
 
 
-@pytest.mark.slow
 def test_smoke_mnist5k_run_and_transform_figure(tmp_path):
     argv = ["dataset=mnist5k", "distortion=RTS", "epochs=1", "train_limit=40", "test_limit=12",
             "train_copies=1", "test_copies=1", "batch_size=20", "variants=baseline,stn_projective",
@@ -504,9 +503,9 @@ def test_smoke_mnist5k_run_and_transform_figure(tmp_path):
     assert (tmp_path / "f.png").stat().st_size > 1000
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("variant", [pytest.param(v, marks=_needs_family("tps"))
-                                     for v in ["stn_tps", "stn_tps_coordconv"]])
+@pytest.mark.parametrize("variant", [
+    pytest.param("stn_tps", marks=_needs_family("tps")),
+    pytest.param("stn_tps_coordconv", marks=[_needs_family("tps"), pytest.mark.slow])])
 def test_smoke_tps_variant(variant, tmp_path):
     argv = ["epochs=1", "train_limit=40", "test_limit=16", "train_copies=1", "test_copies=1",
             "batch_size=20", "image_size=24", f"variants={variant}", "figures=false",

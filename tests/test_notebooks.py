@@ -17,7 +17,6 @@ def test_demo_notebooks_exist():
     assert {"Sanity Check.ipynb", "Keras_demo.ipynb", "Registration.ipynb"} <= names
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
 def test_notebook_executes(path, tmp_path, monkeypatch):
     # Quick mode: notebooks that read SPATIAL_DEMO_QUICK (the kernel inherits the

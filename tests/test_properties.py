@@ -17,11 +17,7 @@ SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
-@pytest.fixture(autouse=True)
-def plain_ops():
-    stn.set_jit(False)
-    yield
-    stn.set_jit(True)
+pytestmark = pytest.mark.usefixtures("plain_ops")
 
 
 def smooth_image(rng, size, channels=2):

@@ -15,7 +15,6 @@ import scipy.ndimage
 import tensorflow as tf
 import torch
 
-import spatial_convention
 import stn
 from tests.references import np_affine_grid, np_unnormalize, torch_warp
 
@@ -38,15 +37,6 @@ def torch_reference(img, grid, align_corners, padding_mode, interpolation, dy):
     out.backward(torch.tensor(dy).permute(0, 3, 1, 2))
     return (out.detach().permute(0, 2, 3, 1).numpy(), ti.grad.permute(0, 2, 3, 1).numpy(),
             tg.grad.numpy())
-
-
-@pytest.fixture
-def plain_ops():
-    """The sampler as plain TensorFlow ops (no XLA compilation) for one test."""
-    previous = spatial_convention.jit_enabled()
-    stn.set_jit(False)
-    yield
-    stn.set_jit(previous)
 
 
 def exact_lattice_case(align_corners):

@@ -77,16 +77,8 @@ def perturb(layer, scale=0.1):
         v.assign(v + scale * RNG.standard_normal(v.shape).astype(v.dtype))
 
 
-@pytest.fixture
-def plain_ops():
-    """stn's inner functions as plain TensorFlow ops, for eager checks of what a layer hands
-    to stn: eagerly, XLA would compile every kernel (and its gradient) for each new shape and
-    option. The 2-D checks and the models (predict, export, fit with jit_compile) run
-    the compiled kernels."""
-    previous = spatial_convention.jit_enabled()
-    spatial_convention.set_jit(False)
-    yield
-    spatial_convention.set_jit(previous)
+# plain_ops (conftest.py) serves the eager checks of what a layer hands to stn; the
+# 2-D checks and the models (predict, export, fit with jit_compile) run the compiled kernels.
 
 
 @pytest.fixture
@@ -771,29 +763,21 @@ def test_dense_field_configs_round_trip():
 # errors: the functional API's messages, at construction where possible
 # --------------------------------------------------------------------------
 
-def same_error(functional, layer, kind=ValueError):
-    with pytest.raises(kind) as want:
-        functional()
-    with pytest.raises(kind) as got:
-        layer()
-    assert str(got.value) == str(want.value)
-
-
 def test_bad_options_fail_at_construction_with_the_functional_messages():
     x, theta = images(), np.tile(np.eye(2, 3, dtype=np.float32), (3, 1, 1))
-    same_error(lambda: stn.spatial_transformer_network(x, theta, padding_mode="wrap"),
+    keras_helpers.same_error(lambda: stn.spatial_transformer_network(x, theta, padding_mode="wrap"),
                lambda: SpatialTransformer(padding_mode="wrap"))
-    same_error(lambda: stn.grid_sample(x, theta[:, None], interpolation="area"),
+    keras_helpers.same_error(lambda: stn.grid_sample(x, theta[:, None], interpolation="area"),
                lambda: GridSample(interpolation="area"))
-    same_error(lambda: stn.spatial_transformer_network(x, theta, align_corners=1),
+    keras_helpers.same_error(lambda: stn.spatial_transformer_network(x, theta, align_corners=1),
                lambda: SpatialTransformer(align_corners=1), TypeError)
     # The layer also takes volumes' (depth, height, width), so it says so.
     with pytest.raises(ValueError, match=r"out_dims must be two or three positive integers "
                                          r"\(height, width\) or \(depth, height, width\); got \(0, 4\)"):
         SpatialTransformer(out_dims=(0, 4))
-    same_error(lambda: stn.transform_family("tsp"),
+    keras_helpers.same_error(lambda: stn.transform_family("tsp"),
                lambda: SpatialTransformer(loc_net(), "tsp"))
-    same_error(lambda: stn.transform_family("attention",
+    keras_helpers.same_error(lambda: stn.transform_family("attention",
                                             constraints=stn.AffineWarpConstraints.scale_only()),
                lambda: SpatialTransformer(loc_net(), "attention",
                                           constraints=stn.AffineWarpConstraints.scale_only()))
@@ -804,25 +788,25 @@ def test_bad_options_fail_at_construction_with_the_functional_messages():
     with pytest.raises(TypeError, match="return_theta must be True or False"):
         SpatialTransformer(return_theta="yes")
     # Thin-plate splines: 2-D only, control points for "tps" only, at least 3.
-    same_error(lambda: stn.transform_family("affine", control_points=4),
+    keras_helpers.same_error(lambda: stn.transform_family("affine", control_points=4),
                lambda: SpatialTransformer(loc_net(), "affine", control_points=4))
-    same_error(lambda: stn.transform_family("tps", 3),
+    keras_helpers.same_error(lambda: stn.transform_family("tps", 3),
                lambda: SpatialTransformer(loc_net(), "tps", (4, 4, 4)))
     for points in (np.zeros((2, 2)), (1, 2), np.zeros((4, 3))):
-        same_error(lambda: stn.transform_family("tps", control_points=points),
+        keras_helpers.same_error(lambda: stn.transform_family("tps", control_points=points),
                    lambda: SpatialTransformer(loc_net(), "tps", control_points=points))
 
 
 def test_dense_field_layers_fail_at_construction_with_the_functional_messages():
     x, d = images((1, 4, 4, 1)), np.zeros((1, 4, 4, 2), np.float32)
-    same_error(lambda: stn.warp(x, d, units="px"), lambda: Warp(units="px"))
-    same_error(lambda: stn.warp(x, d, padding_mode="wrap"), lambda: Warp(padding_mode="wrap"))
-    same_error(lambda: stn.warp(x, d, interpolation="area"), lambda: Warp(interpolation="area"))
-    same_error(lambda: stn.warp(x, d, align_corners=1), lambda: Warp(align_corners=1), TypeError)
+    keras_helpers.same_error(lambda: stn.warp(x, d, units="px"), lambda: Warp(units="px"))
+    keras_helpers.same_error(lambda: stn.warp(x, d, padding_mode="wrap"), lambda: Warp(padding_mode="wrap"))
+    keras_helpers.same_error(lambda: stn.warp(x, d, interpolation="area"), lambda: Warp(interpolation="area"))
+    keras_helpers.same_error(lambda: stn.warp(x, d, align_corners=1), lambda: Warp(align_corners=1), TypeError)
     for steps in (-1, 2.0, True):
-        same_error(lambda: stn.integrate_velocity(d, steps), lambda: IntegrateVelocity(steps))
-    same_error(lambda: stn.integrate_velocity(d, units="px"), lambda: IntegrateVelocity(units="px"))
-    same_error(lambda: stn.integrate_velocity(d, align_corners="no"),
+        keras_helpers.same_error(lambda: stn.integrate_velocity(d, steps), lambda: IntegrateVelocity(steps))
+    keras_helpers.same_error(lambda: stn.integrate_velocity(d, units="px"), lambda: IntegrateVelocity(units="px"))
+    keras_helpers.same_error(lambda: stn.integrate_velocity(d, align_corners="no"),
                lambda: IntegrateVelocity(align_corners="no"), TypeError)
 
 
