@@ -8,7 +8,8 @@ the same numbers faster and with less memory. ``stn`` uses them unless
 ``spatial_convention.use_kernels(False)``; ``tests/test_stn_kernels.py``
 compares the two, values and gradients, 2-D and 3-D.
 
-* :func:`staged`: coordinates and sampler as two XLA-compiled functions.
+* :func:`staged`: coordinates and sampler as two XLA-compiled functions,
+  each with a compiled backward that recomputes rather than keeps.
 * :func:`taps`: the weighted gather, its gradient written out.
 * :func:`linear`: N-linear interpolation read from a zero-padded image
   (no masks), its gradient to the coordinates written out.
@@ -40,9 +41,49 @@ def staged(pixels, sample, img, arg, pixel_options, sample_options):
     pixel wrong (seen once in ~500k output pixels at 32x128x128x16). From
     its inputs on, the sampler only rounds exactly (clamp, floor,
     subtracting the floor), so indices and weights always agree.
+
+    Memory: each has a compiled backward that recomputes what it needs
+    from the inputs (see :func:`_rematerialized`).
     """
-    coords = spatial_convention.compiled(pixels, img, arg, **pixel_options)
-    return spatial_convention.compiled(sample, img, coords, fast=True, **sample_options)
+    coords = _rematerialized(pixels, img, arg, pixel_options)
+    return _rematerialized(sample, img, coords, dict(fast=True, **sample_options))
+
+
+def _rematerialized(fn, img, arg, options):
+    """``fn(img, arg, **options)`` compiled, with a compiled backward that recomputes.
+
+    Only the inputs live between the passes: the backward runs ``fn`` again
+    under a tape (XLA drops what the gradient does not use). A compiled
+    function differentiated the usual way returns everything its backward
+    reads as extra outputs, copies of its inputs included (the peak
+    memory before and after: docs/performance.md, "Round 2").
+    """
+    args = [img] + tf.nest.flatten(arg)
+
+    @tf.custom_gradient
+    def call(*args):
+        out = spatial_convention.compiled(fn, args[0], _pack(arg, args[1:]), **options)
+
+        def grad(*upstream):
+            return spatial_convention.compiled(_vjp, list(args), list(upstream), forward=fn,
+                                               listed=isinstance(arg, (list, tuple)), **options)
+
+        return out, grad
+
+    return call(*args)
+
+
+def _pack(like, flat):
+    return list(flat) if isinstance(like, (list, tuple)) else flat[0]
+
+
+def _vjp(args, upstream, *, forward, listed, **options):
+    """Gradients of ``forward(args[0], args[1:], **options)`` to all args, given ``upstream``."""
+    with tf.GradientTape() as tape:
+        tape.watch(args)
+        out = forward(args[0], list(args[1:]) if listed else args[1], **options)
+    return tape.gradient(tf.nest.flatten(out), args, output_gradients=upstream,
+                         unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
 # --------------------------------------------------------------------------
@@ -89,7 +130,8 @@ def _weighted_sum(img, rows, weights):
     """``sum_k weights[..., k] * img[rows[..., k]]``, ``[B, ..., C]``.
 
     Unrolled over the K taps: XLA compiles it to one loop, where a
-    reduction over the tap axis ran 10-18x slower (forward only).
+    reduction over the tap axis was many times slower (forward only;
+    measured in docs/performance.md).
     """
     gathered = tf.gather(_pixel_rows(img), rows)   # [B, ..., K, C]
     out = gathered[..., 0, :] * weights[..., 0:1]
@@ -129,12 +171,14 @@ def _scatter_add_per_image(weights, values, rows, shape):
 def _weighted_sum_grad(img, rows, weights, g):
     """Gradients of :func:`_weighted_sum` to img and weights, upstream ``g``.
 
-    The taps are gathered again rather than kept from the forward pass:
-    nothing of size ``[B, ..., K, C]`` lives between the passes.
+    The taps are gathered again, one at a time, each dotted with ``g`` as
+    it is read: nothing of size ``[B, ..., K, C]`` is formed.
     """
     d_img = _scatter_add_per_image(weights, g, rows, tf.shape(img))
-    gathered = tf.gather(_pixel_rows(img), rows)
-    return d_img, tf.reduce_sum(gathered * g[..., None, :], axis=-1)
+    pixels = _pixel_rows(img)
+    d_weights = [tf.reduce_sum(tf.gather(pixels, rows[..., k]) * g, axis=-1)
+                 for k in range(rows.shape[-1])]
+    return d_img, tf.stack(d_weights, axis=-1)
 
 
 def taps(img, positions, weights):
