@@ -49,6 +49,7 @@ case "${1:-}" in
     bench)
         setup
         shift
+        "$VENV/bin/python" -m pip install -q -e ".[bench]"
         "$VENV/bin/python" benchmarks/bench.py "$@" ;;
     docs)
         setup

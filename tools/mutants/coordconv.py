@@ -27,15 +27,17 @@ MUTANTS = [
            "padding=padding.upper(), dilations=None,",
            "coord_conv ignores dilations"),
     Mutant("coordconv-convnd-convention",
-           "                          align_corners=align_corners,\n"
-           "                          name=name or f\"coord_conv{num_spatial}d\")",
-           "                          align_corners=True,\n"
-           "                          name=name or f\"coord_conv{num_spatial}d\")",
-           "coord_conv1d/2d/3d do not pass align_corners on"),
+           'align_corners=align_corners, name=name or "coord_conv3d")',
+           'align_corners=True, name=name or "coord_conv3d")',
+           "coord_conv3d does not pass align_corners on (each of coord_conv1d/2d/3d "
+           "passes it itself)"),
     Mutant("coordconv-convnd-dilations",
-           "with_r=with_r, dilations=dilations, data_format=data_format,",
-           "with_r=with_r, dilations=None, data_format=data_format,",
-           "coord_conv1d/2d/3d do not pass dilations on"),
+           'with_r, dilations=dilations, data_format=data_format,\n'
+           '                      align_corners=align_corners, name=name or "coord_conv1d")',
+           'with_r, dilations=None, data_format=data_format,\n'
+           '                      align_corners=align_corners, name=name or "coord_conv1d")',
+           "coord_conv1d does not pass dilations on (each of coord_conv1d/2d/3d passes "
+           "them itself)"),
     Mutant("coordconv-channels-first-sizes",
            "spatial = [dyn[2 + i] for i in range(num_spatial)]",
            "spatial = [dyn[1 + i] for i in range(num_spatial)]",

@@ -1,17 +1,45 @@
-"""Mutants of the spatial transformer: sampler, padding, grids, transforms.
+"""Mutants of the spatial transformer: sampler, padding, grids, transforms,
+dense fields, thin-plate splines; 2-D and 3-D.
+
+The sampler exists twice: the direct maths in ``stn.py`` (``_linear_taps``,
+``_taps``: taps and weights, autodiff) and the hand-tuned kernels in
+``_stn_kernels.py`` (``linear``, ``taps``: written-out gradients), used by
+default. Where both implement a behaviour, both get the mutant: ``stn-*``
+for the kernel (what every test runs), ``stn-direct-*`` for the direct
+maths, which only runs under ``spatial_convention.use_kernels(False)``:
+only ``test_stn_volumes.py::test_kernels_match_the_direct_sampler`` turns
+the kernels off, so the direct mutants run that test first. Padding
+(``_apply_padding``), the nearest and bicubic taps and the coordinates are
+shared by both paths.
 
 FILES includes any private top-level module (``_*.py``) so that a snippet
-still resolves when the sampler's kernels move out of ``stn.py``.
+still resolves when code moves between ``stn.py`` and its kernels.
 """
 from . import Mutant
 
 FILES = ("stn.py", "_*.py")
 ARGS = ("-k", "not (test_compat and dsnt)")   # of test_compat, the stn and coordconv cases
 TESTS = ["tests/test_stn.py", "tests/test_stn_snt.py", "tests/test_compat.py",
-         "tests/test_properties.py"]
+         "tests/test_properties.py", "tests/test_stn_volumes.py", "tests/test_dense_fields.py",
+         "tests/test_tps.py"]
+
+# pytest 9 runs a file's tests in file order even when one of them is also
+# named as a node id, so a mutant's fastest killer goes first as a file.
+DIRECT = ("tests/test_stn_volumes.py::test_kernels_match_the_direct_sampler",
+          *[t for t in TESTS if t != "tests/test_stn_volumes.py"])
+
+
+def first(*tests):
+    """The group's tests with ``tests`` (the fast killers) moved to the front."""
+    return (*tests, *[t for t in TESTS if t not in tests])
+
+
+VOLUMES = first("tests/test_stn_volumes.py")
+FIELDS = first("tests/test_dense_fields.py")
+TPS = first("tests/test_tps.py")
 
 MUTANTS = [
-    # --- padding: PyTorch's border rule for the gradient, reflection
+    # --- padding: PyTorch's border rule for the gradient, reflection (shared)
     Mutant("stn-border-grad-lower",
            "inside = tf.logical_and(coord > 0.0, coord < upper)",
            "inside = tf.logical_and(coord >= 0.0, coord < upper)",
@@ -36,60 +64,97 @@ MUTANTS = [
            "_clip_with_border_grad(_reflect(coord, size, align_corners), size)",
            "_clip_with_border_grad(_reflect(coord, size, not align_corners), size)",
            "reflection lines of the other align_corners convention"),
-    # --- bilinear kernel
+    # --- N-linear interpolation, kernel (_stn_kernels.linear)
     Mutant("stn-bilinear-corner-rows",
-           "tf.stack([0, 1, w + 3, w + 4])",
-           "tf.stack([0, 1, w + 2, w + 3])",
-           "bilinear: row stride of the padded image off by one"),
+           "strides.append(strides[-1] * s)",
+           "strides.append(strides[-1] * (s - 1))",
+           "N-linear kernel: row stride of the padded image off by one (upper-y corners "
+           "read the wrong pixel)"),
     Mutant("stn-bilinear-pad-offset",
-           "x0 = _clip_int(tf.cast(x0f, tf.int32) + 1, 0, w + 1)",
-           "x0 = _clip_int(tf.cast(x0f, tf.int32), 0, w + 1)",
-           "bilinear: x index misses the one-pixel pad offset"),
+           "base = [_clip_int(tf.cast(f, tf.int32) + 1, 0, s + 1)",
+           "base = [_clip_int(tf.cast(f, tf.int32), 0, s + 1)",
+           "N-linear kernel: corner index misses the one-pixel pad offset (every axis)"),
     Mutant("stn-bilinear-clamp-xy",
-           "xc = tf.clip_by_value(x, -1.0, wf)",
-           "xc = tf.clip_by_value(x, -1.0, hf)",
-           "bilinear: x clamped to the height"),
+           "clamped = [tf.clip_by_value(c, -1.0, u) for c, u in zip(coords, upper)]",
+           "clamped = [tf.clip_by_value(c, -1.0, u) for c, u in zip(coords, upper[::-1])]",
+           "N-linear kernel: coordinates clamped to the sizes in layout order (x to the height)"),
     Mutant("stn-bilinear-weight-xy",
-           "(1.0 - right) + (2.0 * right - 1.0) * wx[..., None]",
-           "(1.0 - right) + (2.0 * right - 1.0) * wy[..., None]",
-           "bilinear: x weight uses the y fraction"),
+           "for m, f in zip(masks, fractions)]",
+           "for m, f in zip(masks, fractions[::-1])]",
+           "N-linear kernel: each axis weighted by the fraction of the mirrored axis "
+           "(x by y's in 2-D, x by z's in 3-D)"),
     Mutant("stn-bilinear-grad-fraction",
-           "d_x = (1.0 - wy) * (d[1] - d[0]) + wy * (d[3] - d[2])",
-           "d_x = (1.0 - wx) * (d[1] - d[0]) + wx * (d[3] - d[2])",
-           "bilinear gradient: d/dx weighted by the x fraction"),
+           "others = others * factors[b]",
+           "others = others * factors[a]",
+           "N-linear kernel gradient: d/dx weighted by x's own factor instead of the "
+           "other axes'"),
     Mutant("stn-bilinear-grad-sign",
-           "d_y = (1.0 - wx) * (d[2] - d[0]) + wx * (d[3] - d[1])",
-           "d_y = (1.0 - wx) * (d[0] - d[2]) + wx * (d[3] - d[1])",
-           "bilinear gradient: wrong sign of one d/dy term"),
+           "others = 2.0 * masks[a] - 1.0",
+           "others = 1.0 - 2.0 * masks[a]",
+           "N-linear kernel gradient: d weight / d fraction with the wrong sign"),
     Mutant("stn-bilinear-grad-mask-xy",
-           "d_x = tf.where((x < -1.0) | (x > wf)",
-           "d_x = tf.where((x < -1.0) | (x > hf)",
-           "bilinear gradient: x's clamp mask uses the height"),
+           "outside = (coords[a] < -1.0) | (coords[a] > upper[a])",
+           "outside = (coords[a] < -1.0) | (coords[a] > upper[n - 1 - a])",
+           "N-linear kernel gradient: x's clamp mask uses the height"),
     Mutant("stn-bilinear-grad-mask-closed",
-           "d_x = tf.where((x < -1.0) | (x > wf)",
-           "d_x = tf.where((x <= -1.0) | (x >= wf)",
-           "bilinear gradient (zeros): no gradient exactly at pixel -1 / w"),
+           "outside = (coords[a] < -1.0) | (coords[a] > upper[a])",
+           "outside = (coords[a] <= -1.0) | (coords[a] >= upper[a])",
+           "N-linear kernel gradient (zeros): no gradient exactly at pixel -1 / n"),
+    Mutant("stn-trilinear-z-stride",
+           "strides.append(strides[-1] * s)",
+           "strides.append(s)",
+           "trilinear kernel: the upper-z corners step by the padded height instead of "
+           "height x width (right in 2-D)",
+           tests=VOLUMES),
+    # --- N-linear interpolation, direct maths (stn._linear_taps)
+    Mutant("stn-direct-linear-clamp-xy",
+           "tf.cast(n, c.dtype)) for c, n in zip(coords, sizes)]",
+           "tf.cast(n, c.dtype)) for c, n in zip(coords, sizes[::-1])]",
+           "N-linear taps (direct): coordinates clamped to the sizes in layout order",
+           tests=DIRECT),
+    Mutant("stn-direct-linear-weight-xy",
+           "weight *= fractions[axis] if upper else 1.0 - fractions[axis]",
+           "weight *= fractions[-1 - axis] if upper else 1.0 - fractions[-1 - axis]",
+           "N-linear taps (direct): each axis weighted by the fraction of the mirrored axis",
+           tests=DIRECT),
+    # --- the weighted gather, kernel (_stn_kernels.taps, nearest and bicubic)
     Mutant("stn-scatter-offset",
            "rows[start:stop] - start * per_image",
            "rows[start:stop]",
            "image gradient: scatter rows not shifted to the batch slice"),
-    # --- taps (nearest, bicubic)
     Mutant("stn-taps-valid-upper",
-           "valid = (xs >= 0) & (xs < w)",
-           "valid = (xs >= 0) & (xs <= w)",
-           "taps: x == w counts as inside"),
+           "valid = tf.reduce_all(tf.stack([(p >= 0) & (p < n)",
+           "valid = tf.reduce_all(tf.stack([(p >= 0) & (p <= n)",
+           "taps kernel: a tap at position n (any axis) counts as inside"),
     Mutant("stn-taps-clip-xy",
-           "_clip_int(ys, 0, h - 1), _clip_int(xs, 0, w - 1), h, w)",
-           "_clip_int(ys, 0, w - 1), _clip_int(xs, 0, h - 1), h, w)",
-           "taps: x clipped to the height, y to the width"),
+           "clipped = [_clip_int(p, 0, n - 1) for p, n in zip(positions, sizes)]",
+           "clipped = [_clip_int(p, 0, n - 1) for p, n in zip(positions, sizes[::-1])]",
+           "taps kernel: x clipped to the height, y to the width"),
     Mutant("stn-taps-outside-weight",
            "weights = tf.where(valid, weights, 0.0 * weights)",
            "weights = tf.where(valid, weights, weights)",
-           "taps: outside taps read the clipped edge pixel instead of 0"),
+           "taps kernel: outside taps read the clipped edge pixel instead of 0"),
+    # --- the weighted gather, direct maths (stn._taps)
+    Mutant("stn-direct-taps-valid-upper",
+           "inside = tf.reduce_all(tf.stack([(p >= 0) & (p < n)",
+           "inside = tf.reduce_all(tf.stack([(p >= 0) & (p <= n)",
+           "taps (direct): a tap at position n (any axis) counts as inside",
+           tests=DIRECT),
+    Mutant("stn-direct-taps-clip-xy",
+           "for p, n in zip(reversed(positions), reversed(sizes))]",
+           "for p, n in zip(reversed(positions), sizes)]",
+           "taps (direct): gather indices clipped to the sizes in the wrong order",
+           tests=DIRECT),
+    Mutant("stn-direct-taps-outside-weight",
+           "weights = tf.where(inside, weights, 0.0 * weights)",
+           "weights = tf.where(inside, weights, weights)",
+           "taps (direct): outside taps read the clipped edge pixel instead of 0",
+           tests=DIRECT),
+    # --- nearest and bicubic taps (shared)
     Mutant("stn-nearest-round-half-up",
-           "xi = _int_coord(tf.stop_gradient(tf.round(x)))",
-           "xi = _int_coord(tf.stop_gradient(tf.floor(x + 0.5)))",
-           "nearest: rounds x half up instead of half to even"),
+           "_int_position(tf.round(tf.stop_gradient(c)))",
+           "_int_position(tf.floor(tf.stop_gradient(c) + 0.5))",
+           "nearest: rounds half up instead of half to even"),
     Mutant("stn-cubic-constant",
            "_CUBIC_A = -0.75",
            "_CUBIC_A = -0.5",
@@ -108,45 +173,59 @@ MUTANTS = [
            "bicubic reflection: fold period of the other convention"),
     # --- grids and transforms
     Mutant("stn-grid-x-size",
-           "x = normalized_to_pixel(grid[..., 0], tf.shape(img)[2], align_corners)",
-           "x = normalized_to_pixel(grid[..., 0], tf.shape(img)[1], align_corners)",
-           "grid_sample: x unnormalised by the height"),
-    Mutant("stn-grid-y-convention",
-           "y = normalized_to_pixel(grid[..., 1], tf.shape(img)[1], align_corners)",
-           "y = normalized_to_pixel(grid[..., 1], tf.shape(img)[1], not align_corners)",
-           "grid_sample: y in the other align_corners convention"),
+           "for axis, size in enumerate(_sizes_xyz(img))]",
+           "for axis, size in enumerate(spatial_convention.shape_list(img)[1:-1])]",
+           "grid_sample: grid components unnormalised by the sizes in layout order "
+           "(x by the height)"),
+    Mutant("stn-grid-convention",
+           "img, _grid_pixels, grid, pixel_options=dict(align_corners=sampling[\"align_corners\"]),",
+           "img, _grid_pixels, grid, pixel_options=dict(align_corners=False),",
+           "grid_sample: the grid unnormalised in the default convention whatever "
+           "align_corners (it only reaches the reflection lines)"),
     Mutant("stn-transform-scale-xy",
-           "x = row(0, in_half_x, in_half_x, in_half_x)",
-           "x = row(0, in_half_x, in_half_y, in_half_x)",
-           "affine: theta[0, 1] scaled by the height instead of the width"),
+           "total += t[:, r, c] * tf.math.divide_no_nan(scale, out_half[c]) * offsets[c]",
+           "total += t[:, r, c] * tf.math.divide_no_nan(in_half[c], out_half[c]) * offsets[c]",
+           "affine: theta[r, c] scaled by input axis c's half extent instead of axis r's "
+           "(theta[0, 1] by the height)"),
     Mutant("stn-transform-offset-xy",
-           "u = tf.range(out_w, dtype=dtype) - _centre(out_w, dtype)",
-           "u = tf.range(out_w, dtype=dtype) - _centre(out_h, dtype)",
-           "affine: output x offsets from the height's centre"),
+           "tf.range(size, dtype=dtype) - centre(size, dtype), shape))",
+           "tf.range(size, dtype=dtype) - centre(sizes[n - 1 - axis], dtype), shape))",
+           "affine/warp: output offsets from the centre of the mirrored axis (x from the "
+           "height's)"),
     Mutant("stn-transform-out-half-xy",
-           "out_half_x = _half_extent(out_w, align_corners, dtype)",
-           "out_half_x = _half_extent(out_h, align_corners, dtype)",
-           "affine: output x half extent from the height"),
+           "out_half = [half_extent(s, align_corners, dtype) for s in out_sizes]",
+           "out_half = [half_extent(s, align_corners, dtype) for s in reversed(out_sizes)]",
+           "affine: output half extents in layout order (x's from the height)"),
     Mutant("stn-transform-in-centre-xy",
-           "in_centre = (_centre(w, cdtype), _centre(h, cdtype))",
-           "in_centre = (_centre(h, cdtype), _centre(w, cdtype))",
-           "affine: input centre (x, y) swapped"),
+           "in_centre = [centre(s, dtype) for s in sizes]",
+           "in_centre = [centre(s, dtype) for s in reversed(sizes)]",
+           "affine: input centres in layout order ((x, y) swapped)"),
+    Mutant("stn-affine-grid-3d-z-column",
+           "for c in range(1, n):",
+           "for c in range(1, 2):",
+           "3-D affine grid: theta's z column left out (a 2-D leftover; right in 2-D)",
+           tests=VOLUMES),
     Mutant("stn-projective-h22",
-           "ones = tf.ones_like(theta[:, :1])",
-           "ones = tf.zeros_like(theta[:, :1])",
-           "projective [B, 8]: h22 = 0 instead of 1"),
+           "tf.reshape(tf.concat([theta, tf.ones_like(theta[:, :1])], 1),",
+           "tf.reshape(tf.concat([theta, tf.zeros_like(theta[:, :1])], 1),",
+           "projective [B, 8] / [B, 15]: h22 = 0 instead of 1"),
     Mutant("stn-sampler-xy",
            "grid = tf.stack([tf.cast(x, dtype), tf.cast(y, dtype)], axis=-1)",
            "grid = tf.stack([tf.cast(y, dtype), tf.cast(x, dtype)], axis=-1)",
            "bilinear_sampler: x and y swapped"),
     Mutant("stn-similarity-sign",
-           "[c, -n, tx, n, c, ty]",
-           "[c, n, tx, -n, c, ty]",
-           "similarity: rotation by -angle"),
+           "tf.stack([c, -s, s, c], axis=-1)",
+           "tf.stack([c, s, -s, c], axis=-1)",
+           "similarity/rotation (2-D): rotation by -angle"),
+    Mutant("stn-skew-sign",
+           "tf.stack([zero, -z, y, z, zero, -x, -y, x, zero], axis=-1)",
+           "tf.stack([zero, z, -y, -z, zero, x, y, -x, zero], axis=-1)",
+           "similarity/rotation (3-D): cross-product matrix transposed, rotation by -angle",
+           tests=VOLUMES),
     Mutant("stn-attention-translation-xy",
-           "[s, zero, tx, zero, s, ty]",
-           "[s, zero, ty, zero, s, tx]",
-           "attention: tx and ty swapped"),
+           "return _matrix(scale, params[:, 1:])",
+           "return _matrix(scale, params[:, :0:-1])",
+           "attention: translation read in reverse order ((ty, tx) for (tx, ty))"),
     Mutant("stn-expm-taylor",
            "for k in range(_EXPM_TAYLOR_DEGREE, 0, -1):",
            "for k in range(_EXPM_TAYLOR_DEGREE, 1, -1):",
@@ -160,15 +239,59 @@ MUTANTS = [
            "product = tf.matmul(tf.cast(b, a.dtype), a)",
            "compose_affine: product in the wrong order"),
     Mutant("stn-invert-projective-normalise",
-           "return inverse / inverse[:, 2:3, 2:3]",
+           "return inverse / inverse[:, -1:, -1:]",
            "return inverse",
            "invert_affine (projective): result not normalised to h22 = 1"),
+    # --- dense displacement fields
+    Mutant("stn-warp-normalized-units",
+           "d = d * in_half",
+           "d = d / in_half",
+           "warp (units='normalized'): displacement divided by the half extent instead of "
+           "multiplied (pixels <-> normalised inverted)",
+           tests=FIELDS),
+    Mutant("stn-pixels-per-unit-size-order",
+           "sizes = _sizes_xyz(field) if size is None else list(size)[::-1]",
+           "sizes = _sizes_xyz(field) if size is None else list(size)",
+           "displacement_to_normalized/_pixels: an explicit size (height, width) read "
+           "as (x, y)",
+           tests=FIELDS),
+    Mutant("stn-integrate-velocity-scaling",
+           "/ (2.0 ** steps)",
+           "/ (2.0 ** (steps - 1))",
+           "integrate_velocity: velocity scaled by 2^-(steps - 1) instead of 2^-steps "
+           "(integrates 2 v)",
+           tests=FIELDS),
+    Mutant("stn-jacobian-axis-order",
+           "_gradient(components[a], n - c)",
+           "_gradient(components[a], c + 1)",
+           "jacobian_determinant: coordinate c differentiated along tensor axis c + 1 "
+           "(layout order: x along the height)",
+           tests=FIELDS),
+    Mutant("stn-jacobian-3d-cofactor-sign",
+           "- j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0])",
+           "+ j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0])",
+           "jacobian_determinant (3-D): wrong sign of the second cofactor",
+           tests=FIELDS),
+    Mutant("stn-gradient-end-spacing",
+           "spacing = tf.reshape(tf.cast(after - before, f.dtype), shape)",
+           "spacing = tf.reshape(tf.cast(2 * tf.ones_like(i), f.dtype), shape)",
+           "jacobian_determinant: one-sided differences at the borders divided by 2",
+           tests=FIELDS),
+    # --- thin-plate splines
+    Mutant("stn-tps-kernel-distance",
+           "radial = _tps_kernel(tf.reduce_sum(tf.square(d), axis=-1))",
+           "radial = _tps_kernel(tf.norm(d, axis=-1))",
+           "tps: the kernel U(r^2) = r^2 log r^2 is given r, not r^2 (U = r log r)",
+           tests=TPS),
+    Mutant("stn-tps-kernel-log",
+           "squared_distance * tf.math.log(safe)",
+           "tf.math.log(safe)",
+           "tps: kernel log r^2 instead of r^2 log r^2",
+           tests=TPS),
     # --- the Sonnet shell
     Mutant("stn_snt-default-convention",
-           'align_corners=False, padding_mode="zeros", interpolation="bilinear",\n'
-           '                 name=None):',
-           'align_corners=True, padding_mode="zeros", interpolation="bilinear",\n'
-           '                 name=None):',
+           'align_corners: bool = False, padding_mode: stn.PaddingMode = "zeros",',
+           'align_corners: bool = True, padding_mode: stn.PaddingMode = "zeros",',
            "SpatialTransformer: default align_corners=True",
-           files=("stn_snt.py",)),
+           files=("stn_snt.py",), tests=first("tests/test_stn_snt.py")),
 ]
