@@ -78,7 +78,13 @@ def _pack(like, flat):
 
 
 def _vjp(args, upstream, *, forward, listed, **options):
-    """Gradients of ``forward(args[0], args[1:], **options)`` to all args, given ``upstream``."""
+    """Gradients of ``forward(args[0], args[1:], **options)`` to all args, given ``upstream``.
+
+    Each argument is its own tensor here: the same tensor passed twice (a
+    field warping itself, as in ``stn.integrate_velocity``) would otherwise
+    get the whole gradient at both places, counted twice by the caller.
+    """
+    args = [tf.identity(a) for a in args]
     with tf.GradientTape() as tape:
         tape.watch(args)
         out = forward(args[0], list(args[1:]) if listed else args[1], **options)

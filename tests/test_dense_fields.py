@@ -88,6 +88,17 @@ def test_warp_gradients_match_finite_differences():
         np.testing.assert_allclose(t, n, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(1, 5, 6), (1, 3, 4, 5)], ids=["2d", "3d"])
+def test_integrate_velocity_gradients_match_finite_differences(shape, jit):
+    # The field samples itself (warp(d, d)): its gradient flows through the
+    # image and the coordinates at once, and must be counted once, compiled
+    # or as plain ops (where both arguments are the same eager tensor).
+    velocity = tf.constant(smooth_field(shape, 1.5) + 0.25)
+    theoretical, numerical = tf.test.compute_gradient(
+        lambda v: stn.integrate_velocity(v, steps=2), [velocity], delta=1e-6)
+    np.testing.assert_allclose(theoretical[0], numerical[0], rtol=0, atol=1e-6)
+
+
 def np_scaling_and_squaring(velocity, steps):
     d = velocity / 2.0 ** steps
     for _ in range(steps):
