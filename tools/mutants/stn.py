@@ -106,6 +106,22 @@ MUTANTS = [
            "trilinear kernel: the upper-z corners step by the padded height instead of "
            "height x width (right in 2-D)",
            tests=VOLUMES),
+    # --- the kernels' staged, compiled backward (_stn_kernels._rematerialized)
+    Mutant("stn-staged-backward-upstream",
+           "return tape.gradient(tf.nest.flatten(out), args, output_gradients=upstream,",
+           "return tape.gradient(tf.nest.flatten(out), args,",
+           "staged backward: the recomputed gradient ignores the upstream gradient (ones)"),
+    Mutant("stn-vjp-shared-argument",
+           "    args = [tf.identity(a) for a in args]\n",
+           "    args = list(args)\n",
+           "staged backward: a tensor passed twice (a field warping itself, as in "
+           "integrate_velocity) gets its whole gradient at both places (the bug fixed in "
+           "1d721f5)",
+           tests=FIELDS),
+    Mutant("stn-weights-grad-tap-index",
+           "tf.gather(pixels, rows[..., k]) * g, axis=-1)",
+           "tf.gather(pixels, rows[..., 0]) * g, axis=-1)",
+           "weighted-gather gradient to the weights: every tap reads tap 0's pixel"),
     # --- N-linear interpolation, direct maths (stn._linear_taps)
     Mutant("stn-direct-linear-clamp-xy",
            "tf.cast(n, c.dtype)) for c, n in zip(coords, sizes)]",
