@@ -99,6 +99,21 @@ def test_integrate_velocity_gradients_match_finite_differences(shape, jit):
     np.testing.assert_allclose(theoretical[0], numerical[0], rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("field_shape,size", [((2, 8, 10, 2), (16, 10)),
+                                              ((1, 3, 4, 5, 3), (6, 7, 9))], ids=["2d", "3d"])
+def test_unit_conversions_with_an_explicit_size(field_shape, size, align_corners):
+    # size is (height, width) or (depth, height, width); x is scaled by the
+    # width, y by the height, z by the depth: pixels per unit n/2 or (n-1)/2.
+    pixels = RNG.standard_normal(field_shape)
+    n = np.array(size[::-1], np.float64)
+    half = (n - 1) / 2 if align_corners else n / 2
+    normalized = stn.displacement_to_normalized(pixels, size=size, align_corners=align_corners)
+    np.testing.assert_allclose(normalized.numpy(), pixels / half, rtol=1e-12, atol=0)
+    back = stn.displacement_to_pixels(normalized, size=size, align_corners=align_corners)
+    np.testing.assert_allclose(back.numpy(), pixels, rtol=1e-12, atol=1e-15)
+
+
 def np_scaling_and_squaring(velocity, steps):
     d = velocity / 2.0 ** steps
     for _ in range(steps):
