@@ -47,7 +47,7 @@ __all__ = [
     "PADDING_MODES", "INTERPOLATIONS", "UNITS", "TRANSFORMS",
     "pixel_to_normalized", "normalized_to_pixel", "pixel_centers",
     "affine_grid", "affine_grid_generator",
-    "grid_sample", "spatial_transformer_network", "bilinear_sampler",
+    "grid_sample", "spatial_transformer_network", "bilinear_sampler", "check_sampling",
     "warp", "integrate_velocity", "compose_displacements", "jacobian_determinant",
     "resize_displacement", "displacement_to_normalized", "displacement_to_pixels",
     "identity_theta", "affine_theta", "attention_theta", "similarity_theta",
@@ -149,7 +149,17 @@ def _check_image(img, name, interpolation=None):
     return img, ndim
 
 
-def _check_sampling(align_corners, padding_mode, interpolation):
+def check_sampling(align_corners: bool, padding_mode: PaddingMode,
+                   interpolation: Interpolation) -> dict:
+    """The sampling options checked, as every sampling function checks them.
+
+    Shells call it at construction, so a bad option fails there with the
+    functions' own message.
+
+    Example:
+      >>> check_sampling(False, "border", "bilinear")
+      {'align_corners': False, 'padding_mode': 'border', 'interpolation': 'bilinear'}
+    """
     check_bool(align_corners, name="align_corners")
     check_option(padding_mode, name="padding_mode", allowed=PADDING_MODES)
     check_option(interpolation, name="interpolation", allowed=INTERPOLATIONS)
@@ -589,7 +599,7 @@ def grid_sample(img: TensorLike, grid: TensorLike, *, align_corners: bool = Fals
       >>> grid_sample(img, grid)[0, 0, 0, 0].numpy()  # the mean of the 4 pixels
       1.5
     """
-    sampling = _check_sampling(align_corners, padding_mode, interpolation)
+    sampling = check_sampling(align_corners, padding_mode, interpolation)
     img, ndim = _check_image(img, "img", interpolation)
     grid = as_float_tensor(grid, name="grid", allow_bool=False)
     layout = f"[B, {', '.join(['Do', 'Ho', 'Wo'][-ndim:])}, {ndim}]"
@@ -639,7 +649,7 @@ def spatial_transformer_network(input_fmap: TensorLike, theta: TensorLike,
       >>> spatial_transformer_network(x, attention_theta([[0.5, 0.0, 0.0]] * 2), (5, 5)).shape
       TensorShape([2, 5, 5, 3])
     """
-    sampling = _check_sampling(align_corners, padding_mode, interpolation)
+    sampling = check_sampling(align_corners, padding_mode, interpolation)
     img, ndim = _check_image(input_fmap, "input_fmap", interpolation)
     matrix, projective = _theta_matrix(theta, ndim)
     out_size = check_size(out_dims, name="out_dims", ndim=(ndim,))
@@ -727,7 +737,7 @@ def warp(image: TensorLike, displacement: TensorLike, *, units: Units = "pixels"
       array([[1., 2., 2.],
              [4., 5., 5.]], dtype=float32)
     """
-    sampling = _check_sampling(align_corners, padding_mode, interpolation)
+    sampling = check_sampling(align_corners, padding_mode, interpolation)
     check_option(units, name="units", allowed=UNITS)
     img, ndim = _check_image(image, "image", interpolation)
     displacement, _ = _check_field(displacement, "displacement", ndim)

@@ -166,11 +166,10 @@ class SpatialTransformer(keras.layers.Layer):
                             f"got {localization!r}")
         self.localization: Any = localization
         self.transform = transform
-        self.align_corners = check_bool(align_corners, name="align_corners")
-        self.padding_mode = check_option(padding_mode, name="padding_mode",
-                                         allowed=stn.PADDING_MODES)
-        self.interpolation = check_option(interpolation, name="interpolation",
-                                          allowed=stn.INTERPOLATIONS)
+        sampling = stn.check_sampling(align_corners, padding_mode, interpolation)
+        self.align_corners = sampling["align_corners"]
+        self.padding_mode = sampling["padding_mode"]
+        self.interpolation = sampling["interpolation"]
         self.constraints = constraints
         self.control_points = control_points
         self.return_theta = check_bool(return_theta, name="return_theta")
@@ -277,11 +276,10 @@ class GridSample(keras.layers.Layer):
         """Args: ``align_corners``, ``padding_mode``, ``interpolation`` as in
         ``stn.grid_sample``; ``**kwargs`` Keras's layer arguments."""
         super().__init__(**kwargs)
-        self.align_corners = check_bool(align_corners, name="align_corners")
-        self.padding_mode = check_option(padding_mode, name="padding_mode",
-                                         allowed=stn.PADDING_MODES)
-        self.interpolation = check_option(interpolation, name="interpolation",
-                                          allowed=stn.INTERPOLATIONS)
+        sampling = stn.check_sampling(align_corners, padding_mode, interpolation)
+        self.align_corners = sampling["align_corners"]
+        self.padding_mode = sampling["padding_mode"]
+        self.interpolation = sampling["interpolation"]
 
     def build(self, images_shape: tuple, grid_shape: tuple) -> None:
         _check_field(grid_shape, "grid", _spatial_rank(images_shape))
@@ -336,11 +334,10 @@ class Warp(keras.layers.Layer):
         """
         super().__init__(**kwargs)
         self.units = check_option(units, name="units", allowed=stn.UNITS)
-        self.align_corners = check_bool(align_corners, name="align_corners")
-        self.padding_mode = check_option(padding_mode, name="padding_mode",
-                                         allowed=stn.PADDING_MODES)
-        self.interpolation = check_option(interpolation, name="interpolation",
-                                          allowed=stn.INTERPOLATIONS)
+        sampling = stn.check_sampling(align_corners, padding_mode, interpolation)
+        self.align_corners = sampling["align_corners"]
+        self.padding_mode = sampling["padding_mode"]
+        self.interpolation = sampling["interpolation"]
 
     def build(self, image_shape: tuple, displacement_shape: tuple) -> None:
         _check_field(displacement_shape, "displacement", _spatial_rank(image_shape, "image"))

@@ -89,9 +89,8 @@ class SpatialTransformer(snt.Module):
                  name: Optional[str] = None):
         super().__init__(name=name)
         check_option(transform, name="transform", allowed=tuple(stn.TRANSFORMS))
-        check_option(padding_mode, name="padding_mode", allowed=stn.PADDING_MODES)
-        check_option(interpolation, name="interpolation", allowed=stn.INTERPOLATIONS)
-        self.align_corners = check_bool(align_corners, name="align_corners")
+        self.align_corners = stn.check_sampling(align_corners, padding_mode,
+                                                interpolation)["align_corners"]
         self.out_dims = check_size(out_dims, name="out_dims", ndim=(2, 3))
         if localization is not None and not callable(localization):
             raise TypeError(f"localization must be callable (e.g. an snt.Module); got {localization!r}")
@@ -191,11 +190,10 @@ class Warp(snt.Module):
                  name: Optional[str] = None):
         super().__init__(name=name)
         self.units = check_option(units, name="units", allowed=stn.UNITS)
-        self.align_corners = check_bool(align_corners, name="align_corners")
-        self.padding_mode = check_option(padding_mode, name="padding_mode",
-                                         allowed=stn.PADDING_MODES)
-        self.interpolation = check_option(interpolation, name="interpolation",
-                                          allowed=stn.INTERPOLATIONS)
+        sampling = stn.check_sampling(align_corners, padding_mode, interpolation)
+        self.align_corners = sampling["align_corners"]
+        self.padding_mode = sampling["padding_mode"]
+        self.interpolation = sampling["interpolation"]
 
     def __call__(self, image, displacement):
         return stn.warp(image, displacement, units=self.units, align_corners=self.align_corners,
