@@ -106,6 +106,26 @@ MUTANTS = [
            "trilinear kernel: the upper-z corners step by the padded height instead of "
            "height x width (right in 2-D)",
            tests=VOLUMES),
+    # --- N-linear kernel, narrow images read through corner windows
+    # (_stn_kernels._corner_windows; wide images take the rows above)
+    Mutant("stn-window-cell-offset",
+           "cell = [slice(o, o + s - 1) for o, s in zip(offset, sizes)]",
+           "cell = [slice(0, s - 1) for o, s in zip(offset, sizes)]",
+           "corner windows: every corner reads the cell's first pixel"),
+    Mutant("stn-window-rows-size",
+           "rows = _flat_rows(batch, base, [s + 2 for s in sizes])",
+           "rows = _flat_rows(batch, base, [s + 3 for s in sizes])",
+           "corner windows: rows counted in the padded image's sizes, not the windows'"),
+    Mutant("stn-window-grad-side",
+           "pads = [[0, 0]] + [[o, 1 - o] for o in offset[::-1]] + [[0, 0]]",
+           "pads = [[0, 0]] + [[1 - o, o] for o in offset[::-1]] + [[0, 0]]",
+           "corner windows' adjoint: each corner's gradient lands on the opposite side "
+           "of the cell"),
+    Mutant("stn-window-grad-axes",
+           "pads = [[0, 0]] + [[o, 1 - o] for o in offset[::-1]] + [[0, 0]]",
+           "pads = [[0, 0]] + [[o, 1 - o] for o in offset] + [[0, 0]]",
+           "corner windows' adjoint: corner offsets read (z, y, x) instead of (x, y, z): "
+           "the x and y shares swapped"),
     # --- the kernels' staged, compiled backward (_stn_kernels._rematerialized)
     Mutant("stn-staged-backward-upstream",
            "return tape.gradient(tf.nest.flatten(out), args, output_gradients=upstream,",
