@@ -20,7 +20,6 @@ Each trick carries a comment saying what it buys; the measurements are in
 hand-written gradients. Imports only TensorFlow, NumPy and
 ``spatial_convention``.
 """
-import itertools
 
 import tensorflow as tf
 
@@ -226,16 +225,11 @@ def taps(img, positions, weights):
 # N-linear interpolation
 # --------------------------------------------------------------------------
 
-def _corner_offsets(n):
-    """The 2^n corners of a cell as 0/1 offsets (x, y[, z]), x fastest (``stn._linear_taps``' order)."""
-    return [corner[::-1] for corner in itertools.product((0, 1), repeat=n)]
-
-
 def _corner_windows(padded, n):
     """``[B, *(s + 3), C]`` -> ``[B, *(s + 2), 2^n C]``: each cell's 2^n corners side by side.
 
     Position ``p`` of the result holds the pixels at ``p + offset`` for the
-    corners of :func:`_corner_offsets`, in that order, C channels each.
+    corners of ``spatial_convention.cell_corners``, in that order, C channels each.
 
     What it buys: one gather of 2^n C values per output point instead of
     2^n gathers of C, and in the gradient one scatter row instead of 2^n.
@@ -247,7 +241,7 @@ def _corner_windows(padded, n):
     """
     sizes = _sizes(padded)
     windows = []
-    for offset in _corner_offsets(n):
+    for offset in spatial_convention.cell_corners(n):
         cell = [slice(o, o + s - 1) for o, s in zip(offset, sizes)]
         windows.append(padded[tuple([slice(None)] + cell[::-1] + [slice(None)])])
     return tf.concat(windows, axis=-1)
@@ -257,7 +251,7 @@ def _corner_windows_grad(d_windows, n):
     """The adjoint of :func:`_corner_windows`: each corner's share added back at its pixel."""
     c = d_windows.shape[-1] // 2 ** n
     d_padded = 0
-    for k, offset in enumerate(_corner_offsets(n)):
+    for k, offset in enumerate(spatial_convention.cell_corners(n)):
         pads = [[0, 0]] + [[o, 1 - o] for o in offset[::-1]] + [[0, 0]]
         d_padded += tf.pad(d_windows[..., k * c:(k + 1) * c], pads)
     return d_padded
@@ -326,7 +320,7 @@ def linear(img, coords):
     windowed = img.shape[-1] is not None and 2 ** n * img.shape[-1] <= _WINDOW_MAX_WIDTH
     # Corners with x fastest, as stn._linear_taps lists them; masks[a][k] is
     # 1 where corner k is on the upper side along axis a.
-    masks = [tf.constant([c[a] for c in _corner_offsets(n)], dtype) for a in range(n)]
+    masks = [tf.constant([c[a] for c in spatial_convention.cell_corners(n)], dtype) for a in range(n)]
     padded_sizes = [s + 3 for s in sizes]
     strides = [1]
     for s in padded_sizes[:-1]:

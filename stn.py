@@ -32,7 +32,6 @@ Copying the layer into another project means copying ``stn.py``,
 TensorFlow and NumPy.
 """
 import functools
-import itertools
 from typing import List, Literal, Optional, Sequence, Union
 
 import numpy as np
@@ -430,11 +429,6 @@ def _int_position(coord):
     return tf.cast(tf.clip_by_value(coord, -big, big), tf.int32)
 
 
-def _corners(ndim):
-    """The 2^n corners of a pixel cell as 0/1 offsets (x, y[, z]), x fastest."""
-    return [c[::-1] for c in itertools.product((0, 1), repeat=ndim)]
-
-
 def _linear_taps(coords, sizes):
     """N-linear interpolation (bilinear, trilinear) as taps: the cell's corners and weights.
 
@@ -446,7 +440,7 @@ def _linear_taps(coords, sizes):
     lower = [tf.floor(c) for c in coords]
     fractions = [c - f for c, f in zip(coords, lower)]
     positions, weights = [[] for _ in coords], []
-    for corner in _corners(len(coords)):
+    for corner in spatial_convention.cell_corners(len(coords)):
         weight = 1.0
         for axis, upper in enumerate(corner):
             weight *= fractions[axis] if upper else 1.0 - fractions[axis]
