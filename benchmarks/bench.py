@@ -510,17 +510,21 @@ def stn_impls(shape, rng, env):
     theta6_tf = tf.constant(theta.reshape(b, 6))
 
     def tf_step(transformer):
+        # The loss is returned too, as a training step reports it: a step
+        # returning only the gradients lets TensorFlow prune a forward pass
+        # whose output its backward does not read (ours recomputes), which
+        # no model can do (the layers downstream need the output).
         @tf.function
         def step(x, t, g):
             with tf.GradientTape() as tape:
                 tape.watch([x, t])
                 loss = tf.reduce_sum(transformer(x, t) * g)
-            return tape.gradient(loss, [x, t])
+            return [loss] + tape.gradient(loss, [x, t])
 
         def run():
-            grads = step(img_tf, theta6_tf, cot_tf)
-            grads[1].numpy()  # wait for the step (asynchronous devices)
-            return grads
+            results = step(img_tf, theta6_tf, cot_tf)
+            results[-1].numpy()  # wait for the step (asynchronous devices)
+            return results
         return run
 
     impls.append(Impl("ours", "tf", tf_step(env["stn"].spatial_transformer_network),
