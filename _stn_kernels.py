@@ -234,10 +234,11 @@ def _corner_windows(padded, n):
     What it buys: one gather of 2^n C values per output point instead of
     2^n gathers of C, and in the gradient one scatter row instead of 2^n.
     XLA's CPU gather and scatter pay per row: at 1 channel an STN training
-    step takes 0.5-0.75x the time (2-D and 3-D), at 3 channels (2-D)
-    0.9-0.95x. Building the 2^n-times-larger image costs more than that
-    saves from 2^n C = 16 values on (2-D at 4 channels, 3-D at 2 and 4:
-    1.0-1.35x). Measured in docs/performance.md, "Corner windows".
+    step takes 0.5-0.77x the time in 2-D and 0.4x in 3-D, at 3 channels
+    (2-D) 0.94-0.96x. Building the 2^n-times-larger image costs about what
+    it saves at 16 values (2-D at 4 channels: 1.04x; 3-D at 2: 0.90x) and
+    more beyond (3-D at 4: 1.35x). Measured in docs/performance.md, "Corner
+    windows".
     """
     sizes = _sizes(padded)
     windows = []

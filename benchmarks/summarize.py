@@ -15,17 +15,24 @@ def _f(x, spec):
 
 
 def case_table(case):
-    dims = "B,H,W,C" if case["group"] == "stn" else "B,H,W,K"
-    seed = "seed stn" if case["group"] == "stn" else "seed dsnt"
+    # Files from before the round-2 groups carry no "dims" / "second_reference".
+    dims = case.get("dims") or ("B,H,W,C" if case["group"].startswith("stn") else "B,H,W,K")
+    if "dims" in case:
+        second = case.get("second_reference") or "second"
+    else:
+        second = "seed stn" if case["group"].startswith("stn") else "seed dsnt"
     ref = case["reference"] or "none"
     lines = [f"**{case['group'].upper()}, {dims} = {','.join(map(str, case['shape']))}** "
              f"(ratios: median of per-round time / {ref} time)", "",
-             f"| implementation | median ms | min ms | x {ref} | x {seed} | peak MiB |",
+             f"| implementation | median ms | min ms | x {ref} | x {second} | peak MiB |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for row in case["rows"]:
         name = row["impl"] + ("" if row["backward"] else " (forward only)")
+        other = row.get("ratio_vs_second", row.get("ratio_vs_seed"))
+        if other is None:
+            other = row.get("ratio_vs_seed")
         lines.append(f"| {name} | {row['median_s'] * 1e3:.1f} | {row['min_s'] * 1e3:.1f} | "
-                     f"{_f(row['ratio_vs_reference'], '.2f')} | {_f(row['ratio_vs_seed'], '.2f')} | "
+                     f"{_f(row['ratio_vs_reference'], '.2f')} | {_f(other, '.2f')} | "
                      f"{_f(row['peak_mem_mib'], '.0f')} |")
     for s in case["skipped"]:
         lines.append(f"| {s['impl']} | skipped: {s['reason']} | | | | |")

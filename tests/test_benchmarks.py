@@ -196,3 +196,18 @@ def test_projective_reference_is_the_same_warp(shape):
         output_shape=[h, w], fill_value=0.0, interpolation="BILINEAR",
         fill_mode="CONSTANT").numpy()
     np.testing.assert_allclose(native, ours, atol=1e-4)
+
+
+def test_cold_start_reports_each_implementation_from_a_fresh_process():
+    """benchmarks/cold_start.py: one row per implementation, the step's peak RSS
+    (compilation included) at or above the level before it, and above 0 for ours."""
+    script = os.path.join(ROOT, "benchmarks", "cold_start.py")
+    out = subprocess.run([sys.executable, script, "--shapes", "2x8x8x1,1x4x6x2"],
+                         capture_output=True, text=True, check=True, timeout=600).stdout
+    rows = [line.split("|")[1:-1] for line in out.splitlines()[2:]]
+    assert [(r[0].strip(), r[1].strip()) for r in rows] == [
+        ("2x8x8x1", "ours"), ("2x8x8x1", "torch"), ("1x4x6x2", "ours"), ("1x4x6x2", "torch")]
+    for shape, impl, peak, before, step in rows:
+        assert float(peak) >= float(before) > 0
+        assert float(step) == pytest.approx(float(peak) - float(before), abs=1)
+    assert all(float(r[4]) > 0 for r in rows if r[1].strip() == "ours")
