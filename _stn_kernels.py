@@ -31,11 +31,12 @@ _SCATTER_PARTS = 4
 
 # N-linear interpolation reads an image through its corner windows (see
 # _corner_windows) when a window, 2^n x channels values, is at most this
-# wide (2-D: up to 2 channels; 3-D: 1); wider ones corner by corner. At 3
-# channels (2-D) windows saved 6 % of the time but held the 4x window image
-# and its gradient: 256 against 109 MiB at 16 x 256 x 256 x 3 under XLA's
-# sequential CPU scheduler (docs/performance.md, "Corner windows").
-_WINDOW_MAX_WIDTH = 8
+# wide (2-D: up to 3 channels; 3-D: 1); wider ones corner by corner. At 3
+# channels the windows save 6 % of the time and, under XLA's default CPU
+# scheduler, memory (241 against 320 MiB at 16 x 256 x 256 x 3), but with
+# the sequential scheduler they hold 256 against 109 MiB
+# (docs/performance.md, "Corner windows").
+_WINDOW_MAX_WIDTH = 12
 
 
 def staged(pixels, sample, img, arg, pixel_options, sample_options):
@@ -240,8 +241,8 @@ def _corner_windows(padded, n):
     step takes 0.5-0.77x the time in 2-D and 0.4x in 3-D, at 3 channels
     (2-D) 0.94-0.96x. Building the 2^n-times-larger image costs about what
     it saves at 16 values (2-D at 4 channels: 1.04x; 3-D at 2: 0.90x) and
-    more beyond (3-D at 4: 1.35x), and memory: see _WINDOW_MAX_WIDTH.
-    Measured in docs/performance.md, "Corner windows".
+    more beyond (3-D at 4: 1.35x). Measured in docs/performance.md, "Corner
+    windows".
     """
     sizes = _sizes(padded)
     windows = []

@@ -279,7 +279,7 @@ def _value_and_grads(fn, *inputs):
 KERNEL_CASES = [(n, a, p, i, c) for n in (2, 3) for a, p, i in
                 itertools.product([False, True], stn.PADDING_MODES, stn.INTERPOLATIONS)
                 if not (n == 3 and i == "bicubic")
-                for c in ((2, 6) if i == "bilinear" and n == 2 else (1, 5) if i == "bilinear"
+                for c in ((3, 6) if i == "bilinear" and n == 2 else (1, 5) if i == "bilinear"
                           else (3 if n == 2 else 2,))]
 
 
