@@ -141,18 +141,22 @@ def _pixel_rows(img):
 # The weighted gather and its gradient
 # --------------------------------------------------------------------------
 
-def _weighted_sum(img, rows, weights):
-    """``sum_k weights[..., k] * img[rows[..., k]]``, ``[B, ..., C]``.
+def _tap_sum(gathered, weights):
+    """``sum_k weights[..., k] * gathered[..., k, :]``, ``[B, ..., C]``.
 
     Unrolled over the K taps: XLA compiles it to one loop, where a
     reduction over the tap axis was many times slower (forward only;
     measured in docs/performance.md).
     """
-    gathered = tf.gather(_pixel_rows(img), rows)   # [B, ..., K, C]
     out = gathered[..., 0, :] * weights[..., 0:1]
-    for k in range(1, rows.shape[-1]):
+    for k in range(1, weights.shape[-1]):
         out += gathered[..., k, :] * weights[..., k:k + 1]
     return out
+
+
+def _weighted_sum(img, rows, weights):
+    """``sum_k weights[..., k] * img[rows[..., k]]``, ``[B, ..., C]``."""
+    return _tap_sum(tf.gather(_pixel_rows(img), rows), weights)   # gathered [B, ..., K, C]
 
 
 def _scatter_add_per_image(weights, values, rows, shape):
@@ -262,15 +266,15 @@ def _corner_windows_grad(d_windows, n):
     return d_padded
 
 
+def _window_taps(windows, rows, taps):
+    """The windows at ``rows`` ``[B, ...]``, split into their taps: ``[B, ..., taps, C]``."""
+    gathered = tf.gather(_pixel_rows(windows), rows)   # [B, ..., taps * C]
+    return tf.reshape(gathered, tf.concat([tf.shape(rows), [taps, windows.shape[-1] // taps]], 0))
+
+
 def _window_sum(windows, rows, weights):
     """``sum_k weights[..., k] * corner k of windows[rows]``, ``[B, ..., C]``."""
-    taps = weights.shape[-1]
-    gathered = tf.gather(_pixel_rows(windows), rows)   # [B, ..., taps * C]
-    c = gathered.shape[-1] // taps
-    out = gathered[..., :c] * weights[..., 0:1]
-    for k in range(1, taps):
-        out += gathered[..., k * c:(k + 1) * c] * weights[..., k:k + 1]
-    return out
+    return _tap_sum(_window_taps(windows, rows, weights.shape[-1]), weights)
 
 
 def _window_sum_grad(windows, rows, weights, g):
@@ -280,13 +284,11 @@ def _window_sum_grad(windows, rows, weights, g):
     is: with rows this wide the split bought nothing (2 or 4 parts: 1.0-1.2x
     the time at 64 x 60 x 60 x 1, 16 x 256 x 256 x 3 and 4 x 64^3 x 4).
     """
-    taps = weights.shape[-1]
     width = windows.shape[-1]
     updates = weights[..., None] * g[..., None, :]      # [B, ..., taps, C]
     updates = tf.reshape(updates, tf.concat([tf.shape(rows), [width]], 0))
     d_rows = tf.math.unsorted_segment_sum(updates, rows, tf.size(windows) // width)
-    gathered = tf.gather(_pixel_rows(windows), rows)
-    gathered = tf.reshape(gathered, tf.concat([tf.shape(rows), [taps, width // taps]], 0))
+    gathered = _window_taps(windows, rows, weights.shape[-1])
     d_weights = tf.reduce_sum(gathered * g[..., None, :], axis=-1)
     return tf.reshape(d_rows, tf.shape(windows)), d_weights
 
@@ -327,10 +329,11 @@ def linear(img, coords):
     # 1 where corner k is on the upper side along axis a.
     masks = [tf.constant([c[a] for c in spatial_convention.cell_corners(n)], dtype) for a in range(n)]
     padded_sizes = [s + 3 for s in sizes]
-    strides = [1]
-    for s in padded_sizes[:-1]:
-        strides.append(strides[-1] * s)
-    offsets = sum(tf.cast(masks[a], tf.int32) * strides[a] for a in range(n))
+    if not windowed:   # each corner's row offset in the padded image
+        strides = [1]
+        for s in padded_sizes[:-1]:
+            strides.append(strides[-1] * s)
+        offsets = sum(tf.cast(masks[a], tf.int32) * strides[a] for a in range(n))
 
     @tf.custom_gradient
     def sample(img, *coords):
