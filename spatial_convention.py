@@ -74,14 +74,33 @@ def centre(size: SizeLike, dtype: tf.DType) -> tf.Tensor:
     return (tf.cast(size, dtype) - 1.0) / 2.0
 
 
-def normalized_to_pixel(coord: tf.Tensor, size: SizeLike, align_corners: bool = False) -> tf.Tensor:
+def normalized_to_pixel(coord: tf.Tensor, size: SizeLike, align_corners: bool = False,
+                        fused: bool = False) -> tf.Tensor:
     """Normalised coordinates (float tensor) -> pixel coordinates along an axis of ``size``.
+
+    Rounds as PyTorch's grid_sample on the CPU, so that a float32 grid reads the same
+    taps at the kinks (pixel positions): ``(x + 1) / 2 * (n - 1)`` with
+    ``align_corners``, else ``((x + 1) * n - 1) / 2`` with ``(x + 1) * n`` rounded
+    (3-D), or with ``(x + 1) * n - 1`` rounded once, as the fused multiply-add of
+    the vectorised 2-D kernel (``fused=True``). In float32 each step is computed
+    exactly in float64 and rounded explicitly, so that XLA's fusion cannot change it.
 
     Example:
       >>> normalized_to_pixel(tf.constant([-1., 0., 1.]), 4).numpy()
       array([-0.5,  1.5,  3.5], dtype=float32)
     """
-    return coord * half_extent(size, align_corners, coord.dtype) + centre(size, coord.dtype)
+    dtype = coord.dtype
+    wide = tf.float64 if dtype == tf.float32 else dtype
+
+    def rounded(value):  # one rounding to the coordinate's dtype, kept in the wide dtype
+        return tf.cast(tf.cast(value, dtype), wide) if wide != dtype else value
+
+    n = tf.cast(size, wide)
+    shifted = rounded(tf.cast(coord, wide) + 1.0)
+    if align_corners:
+        return tf.cast(shifted / 2.0 * (n - 1.0), dtype)
+    scaled = shifted * n if fused else rounded(shifted * n)
+    return tf.cast(scaled - 1.0, dtype) / 2.0
 
 
 def pixel_to_normalized(coord: tf.Tensor, size: SizeLike, align_corners: bool = False) -> tf.Tensor:

@@ -335,8 +335,10 @@ def affine_grid_generator(height: SizeLike, width: SizeLike, theta: TensorLike, 
 def _grid_pixels(img, grid, *, align_corners):
     """Pixel coordinates (x, y[, z]) in ``img`` of a normalised grid ``[B, *out, ndim]``."""
     grid = tf.cast(grid, _compute_dtype(img.dtype, grid.dtype))
-    return [normalized_to_pixel(grid[..., axis], size, align_corners)
-            for axis, size in enumerate(_sizes_xyz(img))]
+    sizes = _sizes_xyz(img)
+    return [spatial_convention.normalized_to_pixel(grid[..., axis], size, align_corners,
+                                                   fused=len(sizes) == 2)
+            for axis, size in enumerate(sizes)]
 
 
 def _transform_pixels(img, theta, *, out_sizes, projective, align_corners):
