@@ -11,6 +11,8 @@ entries that differ from ``torch.nn.functional.grid_sample`` (float32) by
 more than round-off: a different tap gives an O(1)-relative difference in the
 gradient, so the count is the signal, not a maximum.
 """
+import itertools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -18,8 +20,6 @@ import torch
 
 import spatial_convention
 import stn
-
-pytestmark = pytest.mark.usefixtures("jit")
 
 SIZES = {2: (256, 11), 3: (5, 12, 9)}      # (H, W) and (D, H, W)
 ULPS = (-2, -1, 0, 1, 2)
@@ -74,18 +74,36 @@ def mismatches(ours, theirs, scale):
     return int(np.sum(np.abs(ours - theirs) > ROUND_OFF * scale))
 
 
-@pytest.fixture(params=[True, False], ids=["kernels", "direct"])
-def kernels(request):
-    previous = spatial_convention.kernels_enabled()
-    spatial_convention.use_kernels(request.param)
-    yield request.param
-    spatial_convention.use_kernels(previous)
+def _cases():
+    """Every path (XLA on/off x kernels on/off) x dimension x convention x padding. The
+    default run keeps the plain direct path for all of them and every path for two (one
+    2-D, one 3-D, between them both conventions and both paddings); the rest are slow."""
+    fast = {(2, False, "zeros"), (3, True, "border")}
+    for jit, kernels, ndim, align_corners, padding_mode in itertools.product(
+            [True, False], [True, False], [2, 3], [False, True], ["zeros", "border"]):
+        keep = (not jit and not kernels) or (ndim, align_corners, padding_mode) in fast
+        yield pytest.param(
+            jit, kernels, ndim, align_corners, padding_mode, marks=() if keep else pytest.mark.slow,
+            id=f"{'xla' if jit else 'plain'}-{'kernels' if kernels else 'direct'}-{ndim}d-"
+               f"{'ac' if align_corners else 'noac'}-{padding_mode}")
 
 
-@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
-@pytest.mark.parametrize("align_corners", [False, True], ids=["noac", "ac"])
-@pytest.mark.parametrize("ndim", [2, 3])
-def test_same_taps_as_pytorch(kernels, ndim, align_corners, padding_mode):
+@pytest.fixture
+def path():
+    """Sets XLA and the kernels on or off for one test, restoring both afterwards."""
+    previous = spatial_convention.jit_enabled(), spatial_convention.kernels_enabled()
+
+    def use(jit, kernels):
+        spatial_convention.set_jit(jit)
+        spatial_convention.use_kernels(kernels)
+
+    yield use
+    use(*previous)
+
+
+@pytest.mark.parametrize("jit, kernels, ndim, align_corners, padding_mode", list(_cases()))
+def test_same_taps_as_pytorch(path, jit, kernels, ndim, align_corners, padding_mode):
+    path(jit, kernels)
     sizes = SIZES[ndim]
     rng = np.random.default_rng(ndim)
     img = rng.uniform(0.5, 1.5, (1,) + sizes + (1,)).astype(np.float32)
@@ -102,3 +120,39 @@ def test_same_taps_as_pytorch(kernels, ndim, align_corners, padding_mode):
             counts["bilinear grid gradient"] = mismatches(got_grad, want_grad, 1.5 * half)
     assert counts == dict.fromkeys(counts, 0), f"mismatches out of {grid[..., 0].size}: {counts}"
 
+
+
+@pytest.mark.parametrize("align_corners", [False, True], ids=["noac", "ac"])
+def test_kink_takes_the_right_hand_difference(plain_ops, align_corners):
+    """At an exact pixel position floor() picks the pixel itself with fraction 0, so the
+    gradient is the difference to the upper neighbour (times pixels per unit), as PyTorch."""
+    w = 9 if align_corners else 8       # pixel positions exact in float32: (w - 1) or w is 2^k
+    values = np.cumsum(np.arange(w)).astype(np.float32)
+    img = np.broadcast_to(values, (1, 1, w)).reshape(1, 1, w, 1).copy()
+    pixels = np.arange(1, w - 1, dtype=np.float64)
+    x = 2 * pixels / (w - 1) - 1 if align_corners else (2 * pixels + 1) / w - 1
+    grid = np.stack([x, np.zeros_like(x)], -1).astype(np.float32).reshape(1, 1, -1, 2)
+    out, grad = tf_sample(img, grid, align_corners=align_corners)
+    per_unit = (w - 1) / 2 if align_corners else w / 2
+    np.testing.assert_array_equal(out[0, 0, :, 0], values[1:-1])
+    np.testing.assert_allclose(grad[0, 0, :, 0], np.diff(values)[1:] * per_unit, rtol=1e-6)
+    torch_grad = torch_sample(img, grid, mode="bilinear", align_corners=align_corners)[1]
+    np.testing.assert_allclose(grad, torch_grad, rtol=1e-6)
+
+
+@pytest.mark.parametrize("jit", [True, False], ids=["xla", "plain"])
+def test_the_issues_points(path, jit):
+    """y = 1.0039061 with H = 256 (PyTorch: value and gradient 0) and nearest at
+    x = 1.0000001 with W = 11, zeros padding (PyTorch: the edge pixel)."""
+    path(jit, spatial_convention.kernels_enabled())
+    img = np.random.default_rng(0).uniform(0.5, 1.5, (1, 256, 11, 1)).astype(np.float32)
+    grid = np.array([[[[0.0, 1.0039061]], [[1.0000001, 0.0]]]], np.float32)
+    want, want_grad = torch_sample(img, grid, mode="bilinear", align_corners=False)
+    got, got_grad = tf_sample(img, grid, align_corners=False)
+    assert want[0, 0, 0, 0] == 0 and not want_grad[0, 0].any()
+    np.testing.assert_array_equal(got[0, 0], want[0, 0])
+    np.testing.assert_array_equal(got_grad[0, 0], want_grad[0, 0])
+    want, _ = torch_sample(img, grid, mode="nearest", align_corners=False)
+    got, _ = tf_sample(img, grid, interpolation="nearest", align_corners=False)
+    assert want[0, 1, 0, 0] == img[0, 128, 10, 0]
+    assert got[0, 1, 0, 0] == want[0, 1, 0, 0]
