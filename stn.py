@@ -590,7 +590,7 @@ def grid_sample(img: TensorLike, grid: TensorLike, *, align_corners: bool = Fals
     Example:
       >>> img = tf.reshape(tf.range(4.0), [1, 2, 2, 1])
       >>> grid = tf.constant([[[[0.0, 0.0]]]])        # the centre of the image
-      >>> grid_sample(img, grid)[0, 0, 0, 0].numpy()  # the mean of the 4 pixels
+      >>> float(grid_sample(img, grid)[0, 0, 0, 0])   # the mean of the 4 pixels
       1.5
     """
     sampling = check_sampling(align_corners, padding_mode, interpolation)
@@ -670,7 +670,7 @@ def bilinear_sampler(img: TensorLike, x: TensorLike, y: TensorLike, *, align_cor
 
     Example:
       >>> img = tf.reshape(tf.range(4.0), [1, 2, 2, 1])
-      >>> bilinear_sampler(img, tf.zeros([1, 1, 1]), tf.zeros([1, 1, 1]))[0, 0, 0, 0].numpy()
+      >>> float(bilinear_sampler(img, tf.zeros([1, 1, 1]), tf.zeros([1, 1, 1]))[0, 0, 0, 0])
       1.5
     """
     x = as_float_tensor(x, name="x", allow_bool=False)
@@ -827,7 +827,7 @@ def jacobian_determinant(displacement: TensorLike, *, units: Units = "pixels",
     Example:
       >>> x = tf.range(4.0)[None, None, :, None] * tf.ones([1, 4, 1, 1])
       >>> stretch = tf.concat([0.5 * x, tf.zeros_like(x)], -1)   # x -> 1.5 x
-      >>> jacobian_determinant(stretch)[0].numpy().min()
+      >>> float(jacobian_determinant(stretch)[0].numpy().min())
       1.5
     """
     field, n = _check_field(displacement, "displacement")
@@ -1417,7 +1417,7 @@ def tps_coefficients(control_points: TensorLike, source_points: TensorLike) -> t
     Example:
       >>> c = control_point_lattice(3)
       >>> coefficients = tps_coefficients(c, 2.0 * c[None])   # a scaling: no bending
-      >>> np.abs(coefficients[0, :9]).max() < 1e-12, coefficients[0, 9:].numpy().round(6) + 0.0
+      >>> bool(np.abs(coefficients[0, :9]).max() < 1e-12), coefficients[0, 9:].numpy().round(6) + 0.0
       (True, array([[0., 0.],
              [2., 0.],
              [0., 2.]]))
