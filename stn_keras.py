@@ -5,9 +5,9 @@ The layers hold configuration and variables and make one call into
 given or predicted), ``GridSample`` (a sampling grid), ``Warp`` (a dense
 displacement field) and ``IntegrateVelocity`` (velocity field ->
 diffeomorphic displacement), for images ``[B, H, W, C]`` and volumes
-``[B, D, H, W, C]``. Coordinates follow the project's one convention
-(``spatial_convention.py``): normalised (x, y[, z]) from -1 to 1 across the
-image, ``theta`` maps output to input coordinates.
+``[B, D, H, W, C]``. Coordinates are normalised (x, y[, z]) from -1 to 1
+across the image, as :mod:`spatial_convention` defines them; ``theta`` maps
+output to input coordinates.
 
 Example (a localisation network whose last layer starts at the identity):
 
