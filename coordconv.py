@@ -298,8 +298,8 @@ def coord_conv(inputs: TensorLike, filters: TensorLike, strides: IntOrInts = 1,
     with tf.name_scope(name or "coord_conv"):
         inputs = as_float_tensor(inputs, name="inputs")
         num_spatial, channels_last, fmt = _resolve_data_format(data_format, inputs)
-        padding = check_option(padding.upper() if isinstance(padding, str) else padding,
-                               name="padding", allowed=("SAME", "VALID"))
+        padding_name = check_option(padding.upper() if isinstance(padding, str) else padding,
+                                    name="padding", allowed=("SAME", "VALID"))
         try:
             filters = tf.convert_to_tensor(filters)
         except (TypeError, ValueError) as e:
@@ -327,7 +327,7 @@ def coord_conv(inputs: TensorLike, filters: TensorLike, strides: IntOrInts = 1,
         augmented = add_coords(inputs, with_r=with_r, align_corners=align_corners,
                                data_format=fmt)
         return tf.nn.convolution(augmented, filters, strides=strides,
-                                 padding=padding, dilations=dilations,
+                                 padding=padding_name, dilations=dilations,
                                  data_format=fmt)
 
 

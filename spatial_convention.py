@@ -35,7 +35,7 @@ Imports only TensorFlow and NumPy.
 import functools
 import itertools
 import os
-from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Callable, List, Literal, Optional, Sequence, Tuple, TypeVar, Union, overload
 
 import numpy as np
 import tensorflow as tf
@@ -234,6 +234,16 @@ def check_rank(x: tf.Tensor, *, name: str, ranks: Sequence[int], layout: Optiona
     if rank not in ranks:
         raise ValueError(f"{name} must have rank {want}{described}; got shape {x.shape}")
     return rank
+
+
+@overload
+def check_size(value: Any, *, name: str, ndim: Sequence[int] = ..., labels: Optional[str] = ...,
+               required: Literal[True]) -> Tuple[SizeLike, ...]: ...
+
+
+@overload
+def check_size(value: Any, *, name: str, ndim: Sequence[int] = ..., labels: Optional[str] = ...,
+               required: bool = ...) -> Optional[Tuple[SizeLike, ...]]: ...
 
 
 def check_size(value: Any, *, name: str, ndim: Sequence[int] = (2,),
