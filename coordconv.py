@@ -17,19 +17,18 @@ Coordinate convention
 For an input with spatial sizes ``[..., H, W]`` the appended channels are, in
 this order:
 
-* ``x``: varies along the width axis (the last spatial axis),
-  ``x[j] = -1 + 2 j / (W - 1)``, i.e. ``numpy.linspace(-1, 1, W)``: -1 at the
-  centre of the left-most column, +1 at the centre of the right-most one
-  ("corner to corner", Uber's convention). A size-1 axis gives 0 (not NaN).
-* ``y``: the same along the height axis (second-to-last spatial axis).
-* ``z`` (3-D inputs only): the same along the depth axis.
+* ``x``: the normalised pixel centres along the width axis (the last
+  spatial axis);
+* ``y``: the same along the height axis (second-to-last spatial axis);
+* ``z`` (3-D inputs only): the same along the depth axis;
 * ``r`` (only with ``with_r=True``): ``sqrt(x**2 + y**2 (+ z**2))``, the
   distance from the image centre; at most ``sqrt(2)`` in 2-D.
 
-With ``align_corners=False`` the coordinates are instead the pixel centres of
-the project's normalised convention (the one used by ``stn`` and ``dsnt``):
-``x[j] = (2 j + 1) / W - 1``, so -1 and +1 are the outer edges of the border
-pixels. The default ``align_corners=True`` is the CoordConv paper's.
+The pixel centres are those of the project's one convention, defined in
+:mod:`spatial_convention`. The default ``align_corners=True`` is the
+CoordConv paper's, ``numpy.linspace(-1, 1, W)`` corner to corner (0 on a
+size-1 axis); ``align_corners=False`` is the one ``stn`` and ``dsnt`` use by
+default.
 
 Unlike the reference ``AddCoords`` of the paper's code, x is always the
 width coordinate and y the height coordinate (the reference swaps them and so
@@ -54,7 +53,8 @@ import numpy as np
 import tensorflow as tf
 
 import spatial_convention
-from spatial_convention import SizeLike, TensorLike, as_float_tensor, check_bool
+from spatial_convention import (SizeLike, TensorLike, as_float_tensor, check_bool, check_option,
+                                check_positive_int, check_rank)
 
 IntOrInts = Union[int, Sequence[int]]
 Padding = Literal["SAME", "VALID", "same", "valid"]
@@ -62,6 +62,7 @@ Padding = Literal["SAME", "VALID", "same", "valid"]
 __all__ = [
     "add_coords",
     "coord_channels",
+    "check_data_format",
     "num_coord_channels",
     "coord_conv",
     "coord_conv1d",
@@ -69,7 +70,7 @@ __all__ = [
     "coord_conv3d",
 ]
 
-_FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
+_FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 # data_format -> (number of spatial dimensions, channels_last)
 _DATA_FORMATS = {
@@ -77,43 +78,45 @@ _DATA_FORMATS = {
     "NHWC": (2, True), "NCHW": (2, False),
     "NDHWC": (3, True), "NCDHW": (3, False),
 }
-_CHANNELS_LAST_FOR_RANK = {3: "NWC", 4: "NHWC", 5: "NDHWC"}
-_CHANNELS_FIRST_FOR_RANK = {3: "NCW", 4: "NCHW", 5: "NCDHW"}
+# Keras's names -> {rank: data_format}
+_CHANNELS_FOR_RANK = {"channels_last": {3: "NWC", 4: "NHWC", 5: "NDHWC"},
+                      "channels_first": {3: "NCW", 4: "NCHW", 5: "NCDHW"}}
 
 
 # --------------------------------------------------------------------------
 # argument checking
 # --------------------------------------------------------------------------
 
-def _resolve_data_format(data_format, rank, name="data_format"):
-    """Returns (num_spatial, channels_last, canonical data_format) for `rank`."""
-    if rank is None:
-        raise ValueError(
-            "inputs must have a statically known rank (3 for [B, W, C], 4 for "
-            "[B, H, W, C], 5 for [B, D, H, W, C]); got a tensor of unknown rank. "
-            "In a TF1 graph give the placeholder a shape such as [None, None, None, 3].")
-    if rank not in _CHANNELS_LAST_FOR_RANK:
-        raise ValueError(
-            f"inputs must have rank 3 ([B, W, C]), 4 ([B, H, W, C]) or 5 "
-            f"([B, D, H, W, C]), got rank {rank}.")
+def check_data_format(data_format: Optional[str]) -> Optional[str]:
+    """``data_format`` checked, in capitals (``"channels_last"`` in lower case), or None.
+
+    One of ``'NWC'``, ``'NHWC'``, ``'NDHWC'``, ``'NCW'``, ``'NCHW'``,
+    ``'NCDHW'`` (any case), ``'channels_last'``, ``'channels_first'``, or
+    None (channels-last, by the input's rank). Shells call it when built.
+
+    Example:
+      >>> check_data_format("nhwc"), check_data_format("channels_first")
+      ('NHWC', 'channels_first')
+    """
     if data_format is None:
-        data_format = _CHANNELS_LAST_FOR_RANK[rank]
-    if not isinstance(data_format, str):
-        raise TypeError(f"{name} must be a string such as 'NHWC' or 'NCHW' "
-                        f"(or None for channels-last), got {data_format!r}.")
-    fmt = data_format.upper()
-    if fmt in ("CHANNELS_LAST", "CHANNELS_FIRST"):
-        table = _CHANNELS_LAST_FOR_RANK if fmt == "CHANNELS_LAST" else _CHANNELS_FIRST_FOR_RANK
-        fmt = table[rank]
-    if fmt not in _DATA_FORMATS:
-        allowed = ", ".join(repr(f) for f in _DATA_FORMATS)
-        raise ValueError(f"{name} must be one of {allowed}, 'channels_last', "
-                         f"'channels_first' or None; got {data_format!r}.")
+        return None
+    if isinstance(data_format, str):
+        lower = data_format.lower()
+        data_format = lower if lower in _CHANNELS_FOR_RANK else data_format.upper()
+    return check_option(data_format, name="data_format",
+                        allowed=(*_DATA_FORMATS, *_CHANNELS_FOR_RANK))
+
+
+def _resolve_data_format(data_format, inputs):
+    """Returns (num_spatial, channels_last, canonical data_format) for ``inputs``."""
+    rank = check_rank(inputs, name="inputs", ranks=(3, 4, 5),
+                      layout="[B, W, C], [B, H, W, C] or [B, D, H, W, C]")
+    fmt = check_data_format(data_format) or "channels_last"
+    fmt = _CHANNELS_FOR_RANK.get(fmt, {}).get(rank, fmt)
     num_spatial, channels_last = _DATA_FORMATS[fmt]
     if num_spatial + 2 != rank:
-        raise ValueError(
-            f"{name}={data_format!r} describes rank-{num_spatial + 2} inputs "
-            f"but inputs has rank {rank}.")
+        raise ValueError(f"data_format={data_format!r} is for rank-{num_spatial + 2} inputs; "
+                         f"got inputs of shape {inputs.shape}")
     return num_spatial, channels_last, fmt
 
 
@@ -124,9 +127,8 @@ def num_coord_channels(num_spatial_dims: int = 2, with_r: bool = False) -> int:
       >>> num_coord_channels(2, with_r=True)
       3
     """
-    if (not isinstance(num_spatial_dims, numbers.Integral) or
-            isinstance(num_spatial_dims, bool) or num_spatial_dims not in (1, 2, 3)):
-        raise ValueError(f"num_spatial_dims must be 1, 2 or 3, got {num_spatial_dims!r}.")
+    if check_positive_int(num_spatial_dims, name="num_spatial_dims") > 3:
+        raise ValueError(f"num_spatial_dims must be 1, 2 or 3; got {num_spatial_dims!r}")
     return int(num_spatial_dims) + int(check_bool(with_r, name="with_r"))
 
 
@@ -163,26 +165,23 @@ def coord_channels(spatial_shape: Union[Sequence[SizeLike], tf.Tensor], with_r: 
     """
     with_r = check_bool(with_r, name="with_r")
     align_corners = check_bool(align_corners, name="align_corners")
-    dtype = tf.as_dtype(dtype)
-    if dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"dtype must be a floating dtype (float16, bfloat16, "
-                        f"float32, float64), got {dtype.name}.")
+    dtype = tf.as_dtype(check_option(tf.as_dtype(dtype).name, name="dtype", allowed=_FLOAT_DTYPES))
     if isinstance(spatial_shape, (tf.Tensor, np.ndarray)):
         spatial_shape = tf.convert_to_tensor(spatial_shape)
         if spatial_shape.shape.rank != 1 or spatial_shape.shape[0] is None:
             raise ValueError("spatial_shape must be a vector of static length 1, 2 "
-                             f"or 3, got shape {spatial_shape.shape}.")
+                             f"or 3; got shape {spatial_shape.shape}")
         sizes = [spatial_shape[i] for i in range(spatial_shape.shape[0])]
     else:
         sizes = list(spatial_shape)
     n = len(sizes)
     if n not in (1, 2, 3):
         raise ValueError(f"spatial_shape must have 1, 2 or 3 entries ([W], [H, W] "
-                         f"or [D, H, W]), got {n}.")
+                         f"or [D, H, W]); got {n}")
     for s in sizes:
         if isinstance(s, numbers.Integral) and (isinstance(s, bool) or s < 0):
-            raise ValueError(f"spatial_shape entries must be non-negative ints, "
-                             f"got {spatial_shape!r}.")
+            raise ValueError(f"spatial_shape entries must be non-negative ints; "
+                             f"got {spatial_shape!r}")
     sizes = [tf.cast(s, tf.int32) for s in sizes]
 
     compute_dtype = spatial_convention.compute_dtype(dtype)
@@ -246,8 +245,7 @@ def add_coords(inputs: TensorLike, with_r: bool = False, *, align_corners: bool 
     align_corners = check_bool(align_corners, name="align_corners")
     with tf.name_scope(name or "add_coords"):
         inputs = as_float_tensor(inputs, name="inputs")
-        rank = inputs.shape.rank
-        num_spatial, channels_last, _ = _resolve_data_format(data_format, rank)
+        num_spatial, channels_last, _ = _resolve_data_format(data_format, inputs)
         dyn = tf.shape(inputs)
         if channels_last:
             spatial = [dyn[1 + i] for i in range(num_spatial)]
@@ -299,19 +297,18 @@ def coord_conv(inputs: TensorLike, filters: TensorLike, strides: IntOrInts = 1,
     with_r = check_bool(with_r, name="with_r")
     with tf.name_scope(name or "coord_conv"):
         inputs = as_float_tensor(inputs, name="inputs")
-        num_spatial, channels_last, fmt = _resolve_data_format(
-            data_format, inputs.shape.rank)
-        if not isinstance(padding, str) or padding.upper() not in ("SAME", "VALID"):
-            raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}.")
+        num_spatial, channels_last, fmt = _resolve_data_format(data_format, inputs)
+        padding_name = check_option(padding.upper() if isinstance(padding, str) else padding,
+                                    name="padding", allowed=("SAME", "VALID"))
         try:
             filters = tf.convert_to_tensor(filters)
         except (TypeError, ValueError) as e:
-            raise TypeError(f"filters must be a tensor: {e}") from e
+            raise TypeError(f"filters must be a tensor; got {type(filters).__name__}: {e}") from e
         if filters.shape.rank is not None and filters.shape.rank != num_spatial + 2:
             raise ValueError(
                 f"filters must have rank {num_spatial + 2} "
                 f"([*kernel, in_channels, out_channels]) for rank-{num_spatial + 2} "
-                f"inputs, got shape {filters.shape}.")
+                f"inputs; got shape {filters.shape}")
         k = num_spatial + int(with_r)
         c = inputs.shape[-1] if channels_last else inputs.shape[1]
         if c is not None and filters.shape.rank is not None:
@@ -321,26 +318,24 @@ def coord_conv(inputs: TensorLike, filters: TensorLike, strides: IntOrInts = 1,
                 raise ValueError(
                     f"filters must have {expected} input channels (the {c} input "
                     f"channels plus {k} coordinate channels"
-                    f"{' incl. r' if with_r else ''}), got shape {filters.shape}.")
+                    f"{' incl. r' if with_r else ''}); got shape {filters.shape}")
         if filters.dtype != inputs.dtype:
             if filters.dtype.is_floating:
                 filters = tf.cast(filters, inputs.dtype)
             else:
-                raise TypeError(f"filters must be floating point, got {filters.dtype.name}.")
+                raise TypeError(f"filters must be floating point; got {filters.dtype.name}")
         augmented = add_coords(inputs, with_r=with_r, align_corners=align_corners,
                                data_format=fmt)
         return tf.nn.convolution(augmented, filters, strides=strides,
-                                 padding=padding.upper(), dilations=dilations,
+                                 padding=padding_name, dilations=dilations,
                                  data_format=fmt)
 
 
 def _check_input_rank(inputs, num_spatial, fn):
     """The inputs as a float tensor of rank ``num_spatial + 2``, for ``fn``'s message."""
     inputs = as_float_tensor(inputs, name="inputs")
-    if inputs.shape.rank is not None and inputs.shape.rank != num_spatial + 2:
-        layout = {1: "[B, W, C]", 2: "[B, H, W, C]", 3: "[B, D, H, W, C]"}[num_spatial]
-        raise ValueError(f"inputs must have rank {num_spatial + 2} ({layout}) for {fn}, "
-                         f"got shape {inputs.shape}.")
+    layout = {1: "[B, W, C]", 2: "[B, H, W, C]", 3: "[B, D, H, W, C]"}[num_spatial]
+    check_rank(inputs, name="inputs", ranks=(num_spatial + 2,), layout=f"{layout} for {fn}")
     return inputs
 
 

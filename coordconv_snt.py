@@ -17,14 +17,49 @@ import numbers
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import coordconv
-from spatial_convention import as_float_tensor, check_bool, missing_extra
+from spatial_convention import (as_float_tensor, check_bool, check_option, check_positive_int,
+                                check_rank, missing_extra)
 
 try:
     import sonnet as snt
 except ImportError as error:   # Sonnet is an optional extra
     raise missing_extra("sonnet", by="coordconv_snt", extra="sonnet") from error
 
-__all__ = ["CoordConv1D", "CoordConv2D", "CoordConv3D"]
+__all__ = ["AddCoords", "CoordConv1D", "CoordConv2D", "CoordConv3D"]
+
+
+@snt.allow_empty_variables
+class AddCoords(snt.Module):
+    """Appends coordinate channels: ``coordconv.add_coords`` as a module.
+
+    ``[B, W, C]``, ``[B, H, W, C]`` or ``[B, D, H, W, C]`` (or channels
+    first) -> the same with ``ndim (+1 for r)`` channels appended, in the
+    order x (along the width), y (height), z (depth), r. No variables.
+
+    Args:
+      with_r: also append ``r = sqrt(x^2 + y^2 (+ z^2))``.
+      align_corners: True (default): ``linspace(-1, 1, n)``; False: pixel
+        centres ``(2 i + 1) / n - 1``.
+      data_format: as in ``coordconv.add_coords`` (default channels-last),
+        checked here.
+      name: module name.
+
+    Example:
+      >>> import tensorflow as tf
+      >>> AddCoords()(tf.zeros([1, 1, 3, 1]))[0, 0, :, 1].numpy()   # x
+      array([-1.,  0.,  1.], dtype=float32)
+    """
+
+    def __init__(self, with_r: bool = False, align_corners: bool = True,
+                 data_format: Optional[str] = None, name: Optional[str] = None):
+        super().__init__(name=name)
+        self.with_r = check_bool(with_r, name="with_r")
+        self.align_corners = check_bool(align_corners, name="align_corners")
+        self.data_format = coordconv.check_data_format(data_format)
+
+    def __call__(self, inputs):
+        return coordconv.add_coords(inputs, self.with_r, align_corners=self.align_corners,
+                                    data_format=self.data_format)
 
 
 class _CoordConvND(snt.Module):
@@ -40,28 +75,23 @@ class _CoordConvND(snt.Module):
                  with_r: bool = False, align_corners: bool = True):
         super().__init__(name=name)
         n = self._NUM_SPATIAL
-        if data_format is None:
-            data_format = self._DATA_FORMATS[0]
-        if not isinstance(data_format, str) or data_format.upper() not in self._DATA_FORMATS:
-            raise ValueError(f"data_format must be one of {self._DATA_FORMATS}, "
-                             f"got {data_format!r}.")
-        data_format = data_format.upper()
-        if (not isinstance(output_channels, numbers.Integral) or
-                isinstance(output_channels, bool) or output_channels < 1):
-            raise ValueError(f"output_channels must be a positive int, got {output_channels!r}.")
+        data_format = check_option(
+            self._DATA_FORMATS[0] if data_format is None else
+            data_format.upper() if isinstance(data_format, str) else data_format,
+            name="data_format", allowed=self._DATA_FORMATS)
+        check_positive_int(output_channels, name="output_channels")
         self._check_ints(kernel_shape, "kernel_shape", n)
         self._check_ints(stride, "stride", n)
         self._check_ints(rate, "rate", n)
-        if isinstance(padding, str) and padding.upper() not in ("SAME", "VALID"):
-            raise ValueError(f"padding must be 'SAME', 'VALID' or a Sonnet padding "
-                             f"callable, got {padding!r}.")
+        if isinstance(padding, str):   # else a Sonnet padding callable
+            padding = check_option(padding.upper(), name="padding", allowed=("SAME", "VALID"))
         self._with_r = check_bool(with_r, name="with_r")
         self._align_corners = check_bool(align_corners, name="align_corners")
         self._data_format = data_format
         self.output_channels = int(output_channels)
         self.conv = self._CONV(
             output_channels=int(output_channels), kernel_shape=kernel_shape,
-            stride=stride, rate=rate, padding=padding.upper() if isinstance(padding, str) else padding,
+            stride=stride, rate=rate, padding=padding,
             with_bias=with_bias, w_init=w_init, b_init=b_init,
             data_format=data_format, name="conv")
 
@@ -76,7 +106,7 @@ class _CoordConvND(snt.Module):
                 any(not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1
                     for v in values)):
             raise ValueError(f"{name} must be a positive int or a sequence of "
-                             f"{n} positive ints, got {value!r}.")
+                             f"{n} positive ints; got {value!r}")
 
     @property
     def with_r(self):
@@ -110,11 +140,8 @@ class _CoordConvND(snt.Module):
           The Sonnet convolution of ``add_coords(inputs)``.
         """
         inputs = as_float_tensor(inputs, name="inputs")
-        rank = inputs.shape.rank
-        if rank is not None and rank != self._NUM_SPATIAL + 2:
-            raise ValueError(f"inputs to {type(self).__name__} must have rank "
-                             f"{self._NUM_SPATIAL + 2} ({self._data_format}), got "
-                             f"shape {inputs.shape}.")
+        check_rank(inputs, name="inputs", ranks=(self._NUM_SPATIAL + 2,),
+                   layout=f"{self._data_format} for {type(self).__name__}")
         augmented = coordconv.add_coords(inputs, with_r=self._with_r,
                                          align_corners=self._align_corners,
                                          data_format=self._data_format)

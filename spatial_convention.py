@@ -14,18 +14,20 @@ In both, normalised 0 is pixel ``(n - 1) / 2`` and one normalised unit is
 ``n / 2`` (``False``) or ``(n - 1) / 2`` (``True``) pixels: every formula
 below is ``pixel = normalised * half_extent + centre``.
 
-The second part holds the argument rules the layers and their shells share,
-all called the same way: the value, then keyword-only ``name=`` and the rule
-(option strings, Python bools, sizes, ranks, batch sizes, real-valued tensors
-whose floats keep their dtype and whose integers become float32, and the
-dtype coordinates are computed in).
+The first part is the convention for tensors (:func:`pixel_to_normalized`
+and its inverse, the pixel centres, a cell's corners). The second part
+holds the argument rules the layers and their shells share, all called the
+same way: the value, then keyword-only ``name=`` and the rule (option
+strings, Python bools, sizes, ranks, a field's shape, batch sizes,
+real-valued tensors whose floats keep their dtype and whose integers become
+float32, and the dtype coordinates are computed in).
 
 The last part holds the two switches of the fast paths: :func:`use_kernels`
 chooses between the hand-tuned kernels (``_stn_kernels.py``,
 ``_dsnt_kernels.py``) and the direct maths written in ``stn.py`` and
 ``dsnt.py`` (environment variable ``SPATIAL_KERNELS=0``), and
 :func:`compiled` runs a kernel through ``tf.function(jit_compile=True)``
-unless :func:`set_jit` turned that off (or ``SPATIAL_JIT=0``, or the older
+unless :func:`set_jit` turned that off (or ``SPATIAL_JIT=0``, also read as
 ``STN_JIT=0``, was set before import).
 
 Imports only TensorFlow and NumPy.
@@ -33,7 +35,7 @@ Imports only TensorFlow and NumPy.
 import functools
 import itertools
 import os
-from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Callable, List, Literal, Optional, Sequence, Tuple, TypeVar, Union, overload
 
 import numpy as np
 import tensorflow as tf
@@ -47,11 +49,15 @@ _Option = TypeVar("_Option")
 
 __all__ = ["half_extent", "centre", "normalized_to_pixel", "pixel_to_normalized",
            "pixel_centers", "cell_corners", "check_option", "check_bool", "check_positive_int",
-           "as_float_tensor", "check_rank", "check_size", "check_positive",
+           "as_float_tensor", "check_rank", "check_size", "check_field_shape", "check_positive",
            "check_same_batch", "with_assertions", "missing_extra", "shape_list", "compute_dtype",
            "compiled",
            "set_jit", "jit_enabled", "use_kernels", "kernels_enabled"]
 
+
+# --------------------------------------------------------------------------
+# The coordinate convention
+# --------------------------------------------------------------------------
 
 def half_extent(size: SizeLike, align_corners: bool, dtype: tf.DType) -> tf.Tensor:
     """Pixels per normalised unit: ``n / 2`` (edges at +-1) or ``(n - 1) / 2`` (centres).
@@ -108,6 +114,11 @@ def pixel_to_normalized(coord: tf.Tensor, size: SizeLike, align_corners: bool = 
 
     With ``align_corners=True`` and ``size == 1`` every coordinate maps to 0.
 
+    The project's one spelling of the conversion, which the others call:
+    ``stn.pixel_to_normalized`` is the same for the STN's users (it also
+    takes lists and arrays), and ``dsnt.pixel_to_normalized_coordinates``
+    is dsntnn's name for it (points ``[..., n]`` with the sizes of every axis).
+
     Example:
       >>> pixel_to_normalized(tf.constant([0., 3.]), 4).numpy()
       array([-0.75,  0.75], dtype=float32)
@@ -132,17 +143,6 @@ def pixel_centers(size: SizeLike, align_corners: bool = False,
     return pixel_to_normalized(tf.range(size, dtype=dtype), size, align_corners)
 
 
-# --------------------------------------------------------------------------
-# Argument rules shared by the layers and their shells
-# --------------------------------------------------------------------------
-#
-# One calling convention: the value first, then keyword-only ``name`` (the
-# argument's name as the caller spells it, quoted in every message) and the
-# rule's parameters. Messages read "<name> must be <what>; got <value>".
-# Static facts are checked at once (a plain ValueError or TypeError); facts
-# known only at run time become ``tf.debugging`` assertions that carry the
-# same message (see :func:`with_assertions`).
-
 def cell_corners(ndim: int) -> List[Tuple[int, ...]]:
     """The 2^ndim corners of a pixel cell as 0/1 offsets (x, y[, z]), x fastest.
 
@@ -155,6 +155,17 @@ def cell_corners(ndim: int) -> List[Tuple[int, ...]]:
     """
     return [corner[::-1] for corner in itertools.product((0, 1), repeat=ndim)]
 
+
+# --------------------------------------------------------------------------
+# Argument rules shared by the layers and their shells
+# --------------------------------------------------------------------------
+#
+# One calling convention: the value first, then keyword-only ``name`` (the
+# argument's name as the caller spells it, quoted in every message) and the
+# rule's parameters. Messages read "<name> must be <what>; got <value>".
+# Static facts are checked at once (a plain ValueError or TypeError); facts
+# known only at run time become ``tf.debugging`` assertions that carry the
+# same message (see :func:`with_assertions`).
 
 def check_option(value: _Option, *, name: str, allowed: Sequence[str]) -> _Option:
     """``value`` if it is one of the strings ``allowed``, else a ValueError listing them.
@@ -244,23 +255,40 @@ def check_rank(x: tf.Tensor, *, name: str, ranks: Sequence[int], layout: Optiona
     return rank
 
 
+@overload
+def check_size(value: Any, *, name: str, ndim: Sequence[int] = ..., labels: Optional[str] = ...,
+               required: Literal[True]) -> Tuple[SizeLike, ...]: ...
+
+
+@overload
+def check_size(value: Any, *, name: str, ndim: Sequence[int] = ..., labels: Optional[str] = ...,
+               required: bool = ...) -> Optional[Tuple[SizeLike, ...]]: ...
+
+
 def check_size(value: Any, *, name: str, ndim: Sequence[int] = (2,),
-               labels: Optional[str] = None) -> Optional[Tuple[SizeLike, ...]]:
+               labels: Optional[str] = None, required: bool = False) -> Optional[Tuple[SizeLike, ...]]:
     """A spatial size: a tuple of positive ints or int scalar tensors, or None.
 
     ``ndim`` lists the allowed lengths (2 for ``(height, width)``, 3 for
     ``(depth, height, width)``). A 1-D int tensor of static length is split
-    into scalars.
+    into scalars. None is returned as None (a default to fill in), or is an
+    error with ``required=True``.
 
     Example:
       >>> check_size((28, 28), name="out_dims")
       (28, 28)
+      >>> check_size(None, name="size", ndim=(2, 3), required=True)
+      Traceback (most recent call last):
+      ...
+      ValueError: size must be (height, width) or (depth, height, width); got None
     """
-    if value is None:
-        return None
     lengths = tuple(ndim)
     labels = labels or " or ".join({2: "(height, width)", 3: "(depth, height, width)"}.get(n, f"{n} sizes")
                                   for n in lengths)
+    if value is None:
+        if required:
+            raise ValueError(f"{name} must be {labels}; got None")
+        return None
     if isinstance(value, (tf.Tensor, tf.Variable)):
         if value.shape.rank != 1 or value.shape[0] not in lengths:
             raise ValueError(f"{name} must be {labels}; got a tensor of shape {value.shape}")
@@ -281,6 +309,37 @@ def check_size(value: Any, *, name: str, ndim: Sequence[int] = (2,),
         else:
             out.append(int(s))
     return tuple(out)
+
+
+#: A field's layout per number of spatial axes: one (x, y[, z]) component per axis.
+_FIELD_LAYOUTS = {2: "[B, H, W, 2] (x, y)", 3: "[B, D, H, W, 3] (x, y, z)"}
+
+
+def check_field_shape(shape: Any, *, name: str, ndim: Optional[int] = None) -> int:
+    """The number of spatial axes of a field ``[B, *spatial, n]`` of static ``shape``.
+
+    A field (a displacement, a velocity, a sampling grid) holds one
+    (x, y[, z]) component per spatial axis: ``[B, H, W, 2]`` or
+    ``[B, D, H, W, 3]``, or only the one of ``ndim`` spatial axes. ``shape``
+    is a tuple (None where unknown) or a ``tf.TensorShape``, so the rule
+    serves tensors and a Keras layer's ``build`` alike.
+
+    Example:
+      >>> check_field_shape((None, 8, 8, 2), name="displacement")
+      2
+      >>> check_field_shape((1, 8, 8, 3), name="grid", ndim=2)
+      Traceback (most recent call last):
+      ...
+      ValueError: grid must have shape [B, H, W, 2] (x, y): one component per spatial axis; got (1, 8, 8, 3)
+    """
+    shape = tf.TensorShape(shape)
+    ranks = (4, 5) if ndim is None else (ndim + 2,)
+    rank = check_rank(tf.TensorSpec(shape), name=name, ranks=ranks,
+                      layout=" or ".join(_FIELD_LAYOUTS[r - 2] for r in ranks))
+    if shape[-1] is not None and shape[-1] != rank - 2:
+        raise ValueError(f"{name} must have shape {_FIELD_LAYOUTS[rank - 2]}: one component per "
+                         f"spatial axis; got {shape}")
+    return rank - 2
 
 
 def check_positive(value: Any, *, name: str, dtype: tf.DType) -> tf.Tensor:

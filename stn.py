@@ -10,19 +10,16 @@ with interpolation. Everything here is differentiable with respect to the
 image and to ``theta`` (or the sampling grid, or a displacement field), so
 the transform can be predicted by a network.
 
-Convention (``spatial_convention.py``; PyTorch's ``affine_grid`` /
-``grid_sample``): normalised coordinates run from -1 to 1 across the image,
-listed (x, y[, z]) with x along the width, y along the height and z along
-the depth. ``align_corners=False`` (default) puts -1 and 1 on the outer
-edges of the border pixels (pixel ``i`` of ``n`` is centred at
-``(2i + 1) / n - 1``, DSNT's convention); ``align_corners=True`` puts them
-on the centres of the corner pixels. Pixel coordinates put pixel ``i``'s
-centre at ``i``.
+Coordinates are normalised (x, y[, z]) from -1 to 1 across the image, as
+in PyTorch's ``affine_grid`` / ``grid_sample``, with ``align_corners``
+choosing where -1 and 1 fall; the convention is defined once, in
+:mod:`spatial_convention`.
 
 The module reads top-down: the convention, grids (transform -> where each
 output pixel samples), the sampler (padding modes, then interpolation as a
-weighted sum of taps), dense displacement fields, then the transform
-families (params -> theta) and thin-plate splines. The sampler here is the
+weighted sum of taps), dense displacement fields, the transform
+parameterisations (params -> theta), thin-plate splines, then the
+transform families by name that the layers take. The sampler here is the
 direct definition; ``_stn_kernels.py`` holds its hand-tuned, XLA-compiled
 version, used unless ``spatial_convention.use_kernels(False)`` (or
 ``SPATIAL_KERNELS=0``), and tested against this one.
@@ -32,7 +29,7 @@ Copying the layer into another project means copying ``stn.py``,
 TensorFlow and NumPy.
 """
 import functools
-from typing import List, Literal, Optional, Sequence, Union
+from typing import List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -52,7 +49,7 @@ __all__ = [
     "identity_theta", "affine_theta", "attention_theta", "similarity_theta",
     "rotation_theta", "euler_rotation_theta", "affine_diffeomorphic_theta",
     "projective_theta", "invert_affine", "compose_affine", "AffineWarpConstraints",
-    "control_point_lattice", "tps_coefficients", "tps_grid",
+    "control_point_lattice", "tps_coefficients", "tps_grid", "tps_control_points",
     "TransformFamily", "transform_family", "transform_theta", "set_jit",
 ]
 
@@ -112,7 +109,9 @@ def pixel_to_normalized(coord: TensorLike, size: SizeLike,
     """Maps pixel coordinates (pixel ``i`` centred at ``i``) to normalised ones.
 
     The inverse of :func:`normalized_to_pixel`. With ``align_corners=True``
-    and ``size == 1`` every coordinate maps to 0.
+    and ``size == 1`` every coordinate maps to 0. An alias kept for the
+    STN's users of ``spatial_convention.pixel_to_normalized``, the main
+    spelling, that also takes lists and arrays.
 
     Example:
       >>> pixel_to_normalized([0.0, 3.0], 4).numpy()
@@ -305,9 +304,7 @@ def affine_grid(theta: TensorLike, size: Size, *, align_corners: bool = False) -
       TensorShape([1, 2, 3, 4, 3])
     """
     align_corners = check_bool(align_corners, name="align_corners")
-    size = check_size(size, name="size", ndim=(2, 3))
-    if size is None:
-        raise ValueError("size must be (height, width) or (depth, height, width); got None")
+    size = check_size(size, name="size", ndim=(2, 3), required=True)
     matrix, projective = _theta_matrix(theta, len(size))
     out_dtype = matrix.dtype
     matrix = tf.cast(matrix, _compute_dtype(out_dtype))
@@ -592,7 +589,7 @@ def grid_sample(img: TensorLike, grid: TensorLike, *, align_corners: bool = Fals
     Example:
       >>> img = tf.reshape(tf.range(4.0), [1, 2, 2, 1])
       >>> grid = tf.constant([[[[0.0, 0.0]]]])        # the centre of the image
-      >>> grid_sample(img, grid)[0, 0, 0, 0].numpy()  # the mean of the 4 pixels
+      >>> float(grid_sample(img, grid)[0, 0, 0, 0])   # the mean of the 4 pixels
       1.5
     """
     sampling = check_sampling(align_corners, padding_mode, interpolation)
@@ -672,7 +669,7 @@ def bilinear_sampler(img: TensorLike, x: TensorLike, y: TensorLike, *, align_cor
 
     Example:
       >>> img = tf.reshape(tf.range(4.0), [1, 2, 2, 1])
-      >>> bilinear_sampler(img, tf.zeros([1, 1, 1]), tf.zeros([1, 1, 1]))[0, 0, 0, 0].numpy()
+      >>> float(bilinear_sampler(img, tf.zeros([1, 1, 1]), tf.zeros([1, 1, 1]))[0, 0, 0, 0])
       1.5
     """
     x = as_float_tensor(x, name="x", allow_bool=False)
@@ -691,14 +688,7 @@ def bilinear_sampler(img: TensorLike, x: TensorLike, y: TensorLike, *, align_cor
 def _check_field(field, name, ndim=None):
     """A displacement or velocity field ``[B, H, W, 2]`` / ``[B, D, H, W, 3]``; returns (field, ndim)."""
     field = as_float_tensor(field, name=name, allow_bool=False)
-    ranks = (4, 5) if ndim is None else (ndim + 2,)
-    layouts = {4: "[B, H, W, 2] (x, y)", 5: "[B, D, H, W, 3] (x, y, z)"}
-    rank = check_rank(field, name=name, ranks=ranks, layout=" or ".join(layouts[r] for r in ranks))
-    n = rank - 2
-    if field.shape[-1] is not None and field.shape[-1] != n:
-        raise ValueError(f"{name} must have shape {layouts[rank]}: one component per spatial "
-                         f"axis; got {field.shape}")
-    return field, n
+    return field, spatial_convention.check_field_shape(field.shape, name=name, ndim=ndim)
 
 
 def warp(image: TensorLike, displacement: TensorLike, *, units: Units = "pixels",
@@ -829,7 +819,7 @@ def jacobian_determinant(displacement: TensorLike, *, units: Units = "pixels",
     Example:
       >>> x = tf.range(4.0)[None, None, :, None] * tf.ones([1, 4, 1, 1])
       >>> stretch = tf.concat([0.5 * x, tf.zeros_like(x)], -1)   # x -> 1.5 x
-      >>> jacobian_determinant(stretch)[0].numpy().min()
+      >>> float(jacobian_determinant(stretch)[0].numpy().min())
       1.5
     """
     field, n = _check_field(displacement, "displacement")
@@ -915,9 +905,7 @@ def resize_displacement(displacement: TensorLike, size: Size, *, units: Units = 
       array([2., 2.], dtype=float32)
     """
     field, n = _check_field(displacement, "displacement")
-    size = check_size(size, name="size", ndim=(n,))
-    if size is None:
-        raise ValueError("size must be (height, width) or (depth, height, width); got None")
+    size = check_size(size, name="size", ndim=(n,), required=True)
     check_option(units, name="units", allowed=UNITS)
     align_corners = check_bool(align_corners, name="align_corners")
     zeros = tf.zeros(tf.stack([tf.shape(field)[0], *size, n]), field.dtype)
@@ -1311,6 +1299,7 @@ class AffineWarpConstraints:
         return f"AffineWarpConstraints({self.constraints!r})"
 
 
+# --------------------------------------------------------------------------
 # Thin-plate splines
 # --------------------------------------------------------------------------
 
@@ -1419,7 +1408,7 @@ def tps_coefficients(control_points: TensorLike, source_points: TensorLike) -> t
     Example:
       >>> c = control_point_lattice(3)
       >>> coefficients = tps_coefficients(c, 2.0 * c[None])   # a scaling: no bending
-      >>> np.abs(coefficients[0, :9]).max() < 1e-12, coefficients[0, 9:].numpy().round(6) + 0.0
+      >>> bool(np.abs(coefficients[0, :9]).max() < 1e-12), coefficients[0, 9:].numpy().round(6) + 0.0
       (True, array([[0., 0.],
              [2., 0.],
              [0., 2.]]))
@@ -1487,15 +1476,40 @@ def tps_grid(control_points: TensorLike, source_points: TensorLike, size: Size, 
       True
     """
     align_corners = check_bool(align_corners, name="align_corners")
-    size = check_size(size, name="size")
-    if size is None:
-        raise ValueError("size must be (height, width); got None")
+    size = check_size(size, name="size", required=True)
     out_dtype = as_float_tensor(source_points, name="source_points", allow_bool=False).dtype
     moved = _tps_displacement(control_points, source_points, size, align_corners)
     identity = tf.stack(tf.meshgrid(pixel_centers(size[1], align_corners, tf.float64),
                                     pixel_centers(size[0], align_corners, tf.float64)), axis=-1)
     return tf.cast(identity + moved, out_dtype)
 
+
+# The "tps" family's constant maps, computed once per (control points, output
+# size, convention): NumPy float64 [H * W, N], keyed by the points' bytes and
+# shape (an array is not hashable) with the size and align_corners.
+_TPS_LINEAR_MAPS: dict = {}
+
+
+def _tps_linear_map(points, size, align_corners):
+    """NumPy float64 ``[H * W, N]``: the displacement at the output pixel
+    centres per unit of each source point's offset from its control point."""
+    key = (points.tobytes(), points.shape, tuple(size), bool(align_corners))
+    if key not in _TPS_LINEAR_MAPS:
+        with tf.init_scope():   # constants: computed eagerly once, also when traced
+            c = tf.constant(points, tf.float64)
+            n = points.shape[0]
+            unit = tf.concat([tf.eye(n, dtype=tf.float64), tf.zeros([3, n], tf.float64)], 0)
+            inverse = tf.linalg.solve(_tps_system(c), unit)               # [N + 3, N]
+            xs = pixel_centers(size[1], align_corners, tf.float64)
+            ys = pixel_centers(size[0], align_corners, tf.float64)
+            grid = tf.reshape(tf.stack(tf.meshgrid(xs, ys), axis=-1), [-1, 2])
+            _TPS_LINEAR_MAPS[key] = tf.matmul(_tps_features(grid, c), inverse).numpy()
+    return _TPS_LINEAR_MAPS[key]
+
+
+# --------------------------------------------------------------------------
+# Transform families by name (what the layers take)
+# --------------------------------------------------------------------------
 
 class TransformFamily:
     """A family of transforms as a localisation network predicts it.
@@ -1537,23 +1551,46 @@ class TransformFamily:
         return f"TransformFamily({self.name!r}, ndim={self.ndim}, num_params={self.num_params})"
 
 
-def _tps_family(control_points):
-    """The "tps" family: theta is the source points ``[B, N, 2]`` of fixed control points."""
+def tps_control_points(control_points: Union[int, Sequence[int], TensorLike]
+                       ) -> Union[int, Tuple[int, int], np.ndarray]:
+    """The "tps" family's control points, checked, in the form they were given.
+
+    The one reading of the three forms: an int k (a k x k lattice of
+    :func:`control_point_lattice`), a pair of ints ``(rows, cols)``, or an
+    ``[N, 2]`` array of N >= 3 normalised (x, y) output points, known when
+    the layer is built (a constant, not a computed tensor). Returns an int,
+    a tuple or a float64 NumPy array ``[N, 2]``; :func:`transform_family`
+    and the shells (which keep the form in their config) read it here.
+
+    Example:
+      >>> tps_control_points(np.int64(3)), tps_control_points([2, 3])
+      (3, (2, 3))
+      >>> tps_control_points([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]).shape
+      (3, 2)
+    """
     if isinstance(control_points, (int, np.integer)) and not isinstance(control_points, bool):
-        points = _lattice(int(control_points))
-    elif isinstance(control_points, (tuple, list)) and len(control_points) == 2 and \
+        _lattice(control_points)   # at least 3 points
+        return int(control_points)
+    if isinstance(control_points, (tuple, list)) and len(control_points) == 2 and \
             all(isinstance(v, (int, np.integer)) for v in control_points):
-        points = _lattice(*control_points)
-    else:
-        points = tf.get_static_value(
-            as_float_tensor(control_points, name="control_points", allow_bool=False))
-        if points is None:
-            raise ValueError("control_points of the tps family must be known when the layer "
-                             "is built (a constant, not a computed tensor)")
-        points = np.asarray(points, np.float64)
+        _lattice(*control_points)  # positive rows and cols (not bools), at least 3 points
+        return int(control_points[0]), int(control_points[1])
+    points = tf.get_static_value(
+        as_float_tensor(control_points, name="control_points", allow_bool=False))
+    if points is None:
+        raise ValueError("control_points of the tps family must be known when the layer "
+                         "is built (a constant, not a computed tensor)")
+    points = np.asarray(points, np.float64)
     if points.ndim != 2 or points.shape[-1] != 2 or len(points) < 3:
         raise ValueError("control_points must be an int k (k x k lattice), (rows, cols) or "
                          f"an [N, 2] array of N >= 3 normalised (x, y); got shape {points.shape}")
+    return points
+
+
+def _tps_family(control_points):
+    """The "tps" family: theta is the source points ``[B, N, 2]`` of fixed control points."""
+    spec = tps_control_points(control_points)
+    points = spec if isinstance(spec, np.ndarray) else _lattice(*np.atleast_1d(spec))
     n = len(points)
 
     def theta(params):
@@ -1581,23 +1618,6 @@ def _tps_family(control_points):
     family = TransformFamily("tps", 2, 2 * n, points.ravel(), theta, warp_by_tps)
     family.control_points = points   # [N, 2] NumPy, normalised (x, y) in the output
     return family
-
-
-def _tps_linear_map(points, size, align_corners, _cache={}):
-    """NumPy float64 ``[H * W, N]``: the displacement at the output pixel
-    centres per unit of each source point's offset from its control point."""
-    key = (points.tobytes(), points.shape, size, align_corners)
-    if key not in _cache:
-        with tf.init_scope():   # constants: computed eagerly once, also when traced
-            c = tf.constant(points, tf.float64)
-            n = points.shape[0]
-            unit = tf.concat([tf.eye(n, dtype=tf.float64), tf.zeros([3, n], tf.float64)], 0)
-            inverse = tf.linalg.solve(_tps_system(c), unit)               # [N + 3, N]
-            xs = pixel_centers(size[1], align_corners, tf.float64)
-            ys = pixel_centers(size[0], align_corners, tf.float64)
-            grid = tf.reshape(tf.stack(tf.meshgrid(xs, ys), axis=-1), [-1, 2])
-            _cache[key] = tf.matmul(_tps_features(grid, c), inverse).numpy()
-    return _cache[key]
 
 
 def _matrix_families(name, theta, num_params, identity):
@@ -1660,8 +1680,6 @@ def transform_family(transform: str = "affine", ndim: int = 2, *,
         return families[ndim]
     if not isinstance(constraints, AffineWarpConstraints):
         raise TypeError(f"constraints must be an stn.AffineWarpConstraints; got {constraints!r}")
-    if transform != "affine":
-        raise ValueError(f"constraints only apply to transform='affine'; got {transform!r}")
     if constraints.ndim != ndim:
         raise ValueError(f"constraints are {constraints.ndim}-D but ndim={ndim}")
     return TransformFamily("affine", ndim, constraints.num_free_params,

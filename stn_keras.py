@@ -5,9 +5,9 @@ The layers hold configuration and variables and make one call into
 given or predicted), ``GridSample`` (a sampling grid), ``Warp`` (a dense
 displacement field) and ``IntegrateVelocity`` (velocity field ->
 diffeomorphic displacement), for images ``[B, H, W, C]`` and volumes
-``[B, D, H, W, C]``. Coordinates follow the project's one convention
-(``spatial_convention.py``): normalised (x, y[, z]) from -1 to 1 across the
-image, ``theta`` maps output to input coordinates.
+``[B, D, H, W, C]``. Coordinates are normalised (x, y[, z]) from -1 to 1
+across the image, as :mod:`spatial_convention` defines them; ``theta`` maps
+output to input coordinates.
 
 Example (a localisation network whose last layer starts at the identity):
 
@@ -35,13 +35,13 @@ import numpy as np
 import tensorflow as tf
 
 import stn
-from spatial_convention import check_bool, check_option, check_positive_int, check_rank, check_size
+from spatial_convention import (check_bool, check_field_shape, check_option, check_positive_int,
+                                check_rank, check_size)
 
 __all__ = ["SpatialTransformer", "GridSample", "Warp", "IntegrateVelocity"]
 
 _REGISTER = keras.saving.register_keras_serializable(package="spatial_layers")
 _IMAGES = "[B, H, W, C] or [B, D, H, W, C]"
-_FIELDS = {2: "[B, H, W, 2] (x, y)", 3: "[B, D, H, W, 3] (x, y, z)"}
 
 
 def _spatial_rank(images_shape: tuple, name: str = "images") -> int:
@@ -49,37 +49,38 @@ def _spatial_rank(images_shape: tuple, name: str = "images") -> int:
     return check_rank(tf.TensorSpec(images_shape), name=name, ranks=(4, 5), layout=_IMAGES) - 2
 
 
-def _check_field(field_shape: tuple, name: str, ndim: int | None = None) -> int:
-    """A field ``[B, *spatial, n]`` with one (x, y[, z]) component per spatial axis; returns n."""
-    ranks = (4, 5) if ndim is None else (ndim + 2,)
-    rank = check_rank(tf.TensorSpec(field_shape), name=name, ranks=ranks,
-                      layout=" or ".join(_FIELDS[r - 2] for r in ranks))
-    if field_shape[-1] is not None and field_shape[-1] != rank - 2:
-        raise ValueError(f"{name} must have shape {_FIELDS[rank - 2]}: one component per "
-                         f"spatial axis; got {tuple(field_shape)}")
-    return rank - 2
-
-
-def _control_points(control_points):
-    """``control_points`` as plain Python for the config: an int, [rows, cols] or [[x, y], ...]."""
+def _control_points_config(control_points):
+    """``control_points`` read by ``stn.tps_control_points``, as plain Python for the config:
+    an int, [rows, cols] or [[x, y], ...]."""
     if control_points is None:
         return None
-    if isinstance(control_points, (int, np.integer)) and not isinstance(control_points, bool):
-        return int(control_points)
-    if isinstance(control_points, (tuple, list)) and len(control_points) == 2 and all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in control_points):
-        return [int(v) for v in control_points]
-    try:
-        points = np.asarray(control_points)
-    except (TypeError, ValueError):
-        points = None
-    if points is None or points.dtype.kind not in "iuf":
-        return control_points   # stn.transform_family says what is wrong with it
-    return points.astype(np.float64).tolist()
+    spec = stn.tps_control_points(control_points)
+    if isinstance(spec, np.ndarray):
+        return spec.tolist()
+    return list(spec) if isinstance(spec, tuple) else spec
+
+
+class _Sampling:
+    """A shell's sampling options: one dict, ``sampling`` (``stn.check_sampling``'s), read
+    as attributes too (``layer.align_corners``, ...)."""
+
+    sampling: dict
+
+    @property
+    def align_corners(self) -> bool:
+        return self.sampling["align_corners"]
+
+    @property
+    def padding_mode(self) -> str:
+        return self.sampling["padding_mode"]
+
+    @property
+    def interpolation(self) -> str:
+        return self.sampling["interpolation"]
 
 
 @_REGISTER
-class SpatialTransformer(keras.layers.Layer):
+class SpatialTransformer(_Sampling, keras.layers.Layer):
     """Warps images by a transform: ``stn.spatial_transformer_network`` as a Keras layer.
 
     ``theta`` maps output to input coordinates, both normalised (x, y[, z])
@@ -152,7 +153,6 @@ class SpatialTransformer(keras.layers.Layer):
         super().__init__(**kwargs)
         if constraints is not None and not isinstance(constraints, stn.AffineWarpConstraints):
             constraints = stn.AffineWarpConstraints(constraints)
-        control_points = _control_points(control_points)
         self.out_dims = check_size(out_dims, name="out_dims", ndim=(2, 3))
         if self.out_dims is not None and not all(isinstance(n, int) for n in self.out_dims):
             raise ValueError(f"out_dims must be Python ints in a Keras layer; got {out_dims!r}")
@@ -161,15 +161,13 @@ class SpatialTransformer(keras.layers.Layer):
         ndim = len(self.out_dims) if self.out_dims else getattr(constraints, "ndim", 2)
         stn.transform_family(transform, ndim, constraints=constraints,
                              control_points=control_points)
+        control_points = _control_points_config(control_points)
         if localization is not None and not isinstance(localization, keras.layers.Layer):
             raise TypeError("localization must be a Keras layer or model (or None); "
                             f"got {localization!r}")
         self.localization: Any = localization
         self.transform = transform
-        sampling = stn.check_sampling(align_corners, padding_mode, interpolation)
-        self.align_corners = sampling["align_corners"]
-        self.padding_mode = sampling["padding_mode"]
-        self.interpolation = sampling["interpolation"]
+        self.sampling = stn.check_sampling(align_corners, padding_mode, interpolation)
         self.constraints = constraints
         self.control_points = control_points
         self.return_theta = check_bool(return_theta, name="return_theta")
@@ -213,8 +211,7 @@ class SpatialTransformer(keras.layers.Layer):
             features = self.localization(images)
             features = tf.reshape(features, [-1, self.head.kernel.shape[0]])
             theta = self.family.theta(self.head(features))
-        out = self.family.warp(images, theta, self.out_dims, align_corners=self.align_corners,
-                               padding_mode=self.padding_mode, interpolation=self.interpolation)
+        out = self.family.warp(images, theta, self.out_dims, **self.sampling)
         return (out, tf.cast(theta, self.compute_dtype)) if self.return_theta else out
 
     def compute_output_shape(self, images_shape: tuple, theta_shape: tuple | None = None):
@@ -236,9 +233,7 @@ class SpatialTransformer(keras.layers.Layer):
                           else keras.saving.serialize_keras_object(self.localization)),
             transform=self.transform,
             out_dims=self.out_dims,
-            align_corners=self.align_corners,
-            padding_mode=self.padding_mode,
-            interpolation=self.interpolation,
+            **self.sampling,
             constraints=(None if self.constraints is None
                          else [list(row) for row in self.constraints.constraints]),
             control_points=self.control_points,
@@ -254,7 +249,7 @@ class SpatialTransformer(keras.layers.Layer):
 
 
 @_REGISTER
-class GridSample(keras.layers.Layer):
+class GridSample(_Sampling, keras.layers.Layer):
     """Samples images at a grid of normalised points: ``stn.grid_sample`` as a Keras layer.
 
     PyTorch's ``grid_sample`` in NHWC: ``layer(images, grid)`` with images
@@ -276,30 +271,25 @@ class GridSample(keras.layers.Layer):
         """Args: ``align_corners``, ``padding_mode``, ``interpolation`` as in
         ``stn.grid_sample``; ``**kwargs`` Keras's layer arguments."""
         super().__init__(**kwargs)
-        sampling = stn.check_sampling(align_corners, padding_mode, interpolation)
-        self.align_corners = sampling["align_corners"]
-        self.padding_mode = sampling["padding_mode"]
-        self.interpolation = sampling["interpolation"]
+        self.sampling = stn.check_sampling(align_corners, padding_mode, interpolation)
 
     def build(self, images_shape: tuple, grid_shape: tuple) -> None:
-        _check_field(grid_shape, "grid", _spatial_rank(images_shape))
+        check_field_shape(grid_shape, name="grid", ndim=_spatial_rank(images_shape))
 
     def call(self, images: tf.Tensor, grid: tf.Tensor) -> tf.Tensor:
-        return stn.grid_sample(images, grid, align_corners=self.align_corners,
-                               padding_mode=self.padding_mode, interpolation=self.interpolation)
+        return stn.grid_sample(images, grid, **self.sampling)
 
     def compute_output_shape(self, images_shape: tuple, grid_shape: tuple) -> tuple:
         return (images_shape[0], *grid_shape[1:-1], images_shape[-1])
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update(align_corners=self.align_corners, padding_mode=self.padding_mode,
-                      interpolation=self.interpolation)
+        config.update(self.sampling)
         return config
 
 
 @_REGISTER
-class Warp(keras.layers.Layer):
+class Warp(_Sampling, keras.layers.Layer):
     """Warps images by a dense displacement field: ``stn.warp`` as a Keras layer.
 
     ``layer(image, displacement)``: each output pixel ``p`` samples the
@@ -334,25 +324,21 @@ class Warp(keras.layers.Layer):
         """
         super().__init__(**kwargs)
         self.units = check_option(units, name="units", allowed=stn.UNITS)
-        sampling = stn.check_sampling(align_corners, padding_mode, interpolation)
-        self.align_corners = sampling["align_corners"]
-        self.padding_mode = sampling["padding_mode"]
-        self.interpolation = sampling["interpolation"]
+        self.sampling = stn.check_sampling(align_corners, padding_mode, interpolation)
 
     def build(self, image_shape: tuple, displacement_shape: tuple) -> None:
-        _check_field(displacement_shape, "displacement", _spatial_rank(image_shape, "image"))
+        check_field_shape(displacement_shape, name="displacement",
+                          ndim=_spatial_rank(image_shape, "image"))
 
     def call(self, image: tf.Tensor, displacement: tf.Tensor) -> tf.Tensor:
-        return stn.warp(image, displacement, units=self.units, align_corners=self.align_corners,
-                        padding_mode=self.padding_mode, interpolation=self.interpolation)
+        return stn.warp(image, displacement, units=self.units, **self.sampling)
 
     def compute_output_shape(self, image_shape: tuple, displacement_shape: tuple) -> tuple:
         return (image_shape[0], *displacement_shape[1:-1], image_shape[-1])
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update(units=self.units, align_corners=self.align_corners,
-                      padding_mode=self.padding_mode, interpolation=self.interpolation)
+        config.update(units=self.units, **self.sampling)
         return config
 
 
@@ -387,7 +373,7 @@ class IntegrateVelocity(keras.layers.Layer):
         self.align_corners = check_bool(align_corners, name="align_corners")
 
     def build(self, velocity_shape: tuple) -> None:
-        _check_field(velocity_shape, "velocity")
+        check_field_shape(velocity_shape, name="velocity")
 
     def call(self, velocity: tf.Tensor) -> tf.Tensor:
         return stn.integrate_velocity(velocity, self.steps, units=self.units,

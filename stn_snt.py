@@ -1,7 +1,8 @@
 """Sonnet 2 modules for spatial transformers; all maths lives in ``stn.py``.
 
 ``SpatialTransformer`` (a localisation network's theta, or a given one),
-``Warp`` and ``IntegrateVelocity`` (dense displacement fields). Example, a
+``GridSample`` (a sampling grid), ``Warp`` and ``IntegrateVelocity`` (dense
+displacement fields). Example, a
 localisation network whose last layer starts at the identity:
 
 >>> import sonnet as snt
@@ -89,16 +90,13 @@ class SpatialTransformer(snt.Module):
                  name: Optional[str] = None):
         super().__init__(name=name)
         check_option(transform, name="transform", allowed=tuple(stn.TRANSFORMS))
-        self.align_corners = stn.check_sampling(align_corners, padding_mode,
-                                                interpolation)["align_corners"]
+        self.sampling = stn.check_sampling(align_corners, padding_mode, interpolation)
         self.out_dims = check_size(out_dims, name="out_dims", ndim=(2, 3))
         if localization is not None and not callable(localization):
             raise TypeError(f"localization must be callable (e.g. an snt.Module); got {localization!r}")
         self.transform = transform
         self.constraints = constraints
         self.control_points = control_points
-        self.padding_mode = padding_mode
-        self.interpolation = interpolation
         self.localization = localization
         self.head: Optional[snt.Linear] = None
         self.family: Optional[stn.TransformFamily] = None
@@ -161,9 +159,40 @@ class SpatialTransformer(snt.Module):
         else:
             self._build(inputs)
         assert self.family is not None   # set by _build
-        out = self.family.warp(inputs, theta, self.out_dims, align_corners=self.align_corners,
-                               padding_mode=self.padding_mode, interpolation=self.interpolation)
+        out = self.family.warp(inputs, theta, self.out_dims, **self.sampling)
         return (out, theta) if return_theta else out
+
+
+@snt.allow_empty_variables
+class GridSample(snt.Module):
+    """Samples images at a grid of normalised points: ``stn.grid_sample`` as a module.
+
+    PyTorch's ``grid_sample`` in NHWC: images ``[B, H, W, C]`` with a grid
+    ``[B, Ho, Wo, 2]`` of normalised (x, y) give ``[B, Ho, Wo, C]``; volumes
+    ``[B, D, H, W, C]`` with ``[B, Do, Ho, Wo, 3]`` of (x, y, z) give
+    ``[B, Do, Ho, Wo, C]``, in the image's float dtype. No variables.
+
+    Args:
+      align_corners, padding_mode, interpolation: as in ``stn.grid_sample``,
+        checked here.
+      name: module name.
+
+    Call: ``GridSample()(images, grid)``.
+
+    Example:
+      >>> img = tf.reshape(tf.range(4.0), [1, 2, 2, 1])
+      >>> grid = tf.constant([[[[0.0, 0.0], [1.0, -1.0]]]])   # centre, top-right corner
+      >>> GridSample(align_corners=True)(img, grid)[..., 0].numpy()
+      array([[[1.5, 1. ]]], dtype=float32)
+    """
+
+    def __init__(self, align_corners: bool = False, padding_mode: stn.PaddingMode = "zeros",
+                 interpolation: stn.Interpolation = "bilinear", name: Optional[str] = None):
+        super().__init__(name=name)
+        self.sampling = stn.check_sampling(align_corners, padding_mode, interpolation)
+
+    def __call__(self, images, grid):
+        return stn.grid_sample(images, grid, **self.sampling)
 
 
 @snt.allow_empty_variables
@@ -190,14 +219,10 @@ class Warp(snt.Module):
                  name: Optional[str] = None):
         super().__init__(name=name)
         self.units = check_option(units, name="units", allowed=stn.UNITS)
-        sampling = stn.check_sampling(align_corners, padding_mode, interpolation)
-        self.align_corners = sampling["align_corners"]
-        self.padding_mode = sampling["padding_mode"]
-        self.interpolation = sampling["interpolation"]
+        self.sampling = stn.check_sampling(align_corners, padding_mode, interpolation)
 
     def __call__(self, image, displacement):
-        return stn.warp(image, displacement, units=self.units, align_corners=self.align_corners,
-                        padding_mode=self.padding_mode, interpolation=self.interpolation)
+        return stn.warp(image, displacement, units=self.units, **self.sampling)
 
 
 @snt.allow_empty_variables

@@ -308,13 +308,13 @@ def test_coord_conv1d_and_3d_valid_shapes():
 # ---------------------------------------------------------------- bad arguments
 
 @pytest.mark.parametrize("kwargs,exc,words", [
-    (dict(inputs=np.zeros((2, 3))), ValueError, ["rank", "got rank 2"]),
+    (dict(inputs=np.zeros((2, 3))), ValueError, ["rank 3 or 4 or 5", "; got shape (2, 3)"]),
     (dict(inputs=np.zeros((1, 2, 3, 4, 5, 6))), ValueError, ["rank", "6"]),
     (dict(inputs=np.zeros((2, 3, 4, 1)), with_r="yes"), TypeError, ["with_r", "bool"]),
     (dict(inputs=np.zeros((2, 3, 4, 1)), with_r=1), TypeError, ["with_r"]),
-    (dict(inputs=np.zeros((2, 3, 4, 1)), data_format="HWC"), ValueError, ["data_format", "NHWC"]),
+    (dict(inputs=np.zeros((2, 3, 4, 1)), data_format="HWC"), ValueError, ["data_format", "NHWC", "; got 'HWC'"]),
     (dict(inputs=np.zeros((2, 3, 4, 1)), data_format="NCW"), ValueError, ["data_format", "rank"]),
-    (dict(inputs=np.zeros((2, 3, 4, 1)), data_format=3), TypeError, ["data_format"]),
+    (dict(inputs=np.zeros((2, 3, 4, 1)), data_format=3), ValueError, ["data_format must be one of", "; got 3"]),
     (dict(inputs=np.zeros((2, 3, 4, 1), np.complex64)), TypeError, ["inputs", "complex64"]),
     (dict(inputs=[["a"]]), TypeError, ["inputs"]),
     (dict(inputs=np.zeros((2, 3, 4, 1)), align_corners=None), TypeError, ["align_corners"]),
@@ -337,7 +337,7 @@ def test_unknown_rank_rejected_with_clear_message():
     (dict(filters=np.zeros((3, 3, 3, 4), np.float32)), ValueError, ["filters", "5 input channels"]),
     (dict(filters=np.zeros((3, 3, 5, 4), np.float32), with_r=True), ValueError, ["6 input channels", "r"]),
     (dict(filters=np.zeros((3, 5, 4), np.float32)), ValueError, ["filters", "rank 4"]),
-    (dict(filters=np.zeros((3, 3, 5, 4), np.float32), padding="FULL"), ValueError, ["padding", "VALID"]),
+    (dict(filters=np.zeros((3, 3, 5, 4), np.float32), padding="FULL"), ValueError, ["padding", "VALID", "; got 'FULL'"]),
     (dict(filters=np.zeros((3, 3, 5, 4), np.int32)), TypeError, ["filters", "floating"]),
 ])
 def test_coord_conv2d_bad_arguments(kwargs, exc, words):

@@ -6,7 +6,7 @@ import sonnet as snt
 import tensorflow as tf
 
 import coordconv_snt
-from coordconv_snt import CoordConv1D, CoordConv2D, CoordConv3D
+from coordconv_snt import AddCoords, CoordConv1D, CoordConv2D, CoordConv3D
 
 
 def _coords_np(spatial, with_r, align_corners=True):
@@ -186,7 +186,7 @@ def test_call_wrong_rank():
 
 
 def test_module_exports():
-    assert set(coordconv_snt.__all__) == {"CoordConv1D", "CoordConv2D", "CoordConv3D"}
+    assert set(coordconv_snt.__all__) == {"AddCoords", "CoordConv1D", "CoordConv2D", "CoordConv3D"}
 
 
 def test_docstring_examples_run():
@@ -203,3 +203,31 @@ def test_saved_model_round_trip(tmp_path):
     loaded = tf.saved_model.load(str(tmp_path))
     x = _rand((2, 5, 7, 2))
     np.testing.assert_allclose(loaded.serve(x).numpy(), mod(x).numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape,options", [
+    ((2, 3, 5, 1), dict()), ((2, 3, 5, 1), dict(with_r=True, align_corners=False)),
+    ((1, 7, 2), dict(with_r=True)), ((1, 2, 3, 4, 2), dict(align_corners=False)),
+    ((2, 1, 3, 5), dict(data_format="NCHW", with_r=True))])
+def test_add_coords_module_is_the_functional_call_and_numpy(shape, options):
+    import coordconv
+    x = _rand(shape)
+    got = AddCoords(**options)(x).numpy()
+    np.testing.assert_array_equal(got, coordconv.add_coords(x, **options).numpy())
+    if options.get("data_format") is None:   # channels-last against NumPy's channels
+        want = _concat_coords_np(x, options.get("with_r", False), options.get("align_corners", True))
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    assert AddCoords(**options).variables == ()
+
+
+def test_add_coords_module_fails_at_construction_with_the_functional_message():
+    import coordconv
+    with pytest.raises(ValueError) as functional:
+        coordconv.add_coords(np.zeros((1, 2, 2, 1)), data_format="HWC")
+    with pytest.raises(ValueError, match=str(functional.value).replace("(", r"\(").replace(")", r"\)")):
+        AddCoords(data_format="HWC")
+    assert "; got 'HWC'" in str(functional.value)
+    with pytest.raises(TypeError, match="with_r must be True or False"):
+        AddCoords(with_r="no")
+    with pytest.raises(TypeError, match="align_corners must be True or False"):
+        AddCoords(align_corners=None)

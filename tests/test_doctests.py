@@ -1,32 +1,35 @@
-"""Every public docstring's example runs, and every public name has one.
+"""Every public docstring's example runs as the standard runners run it, and every public name has one.
 
-The examples run as doctests with their module's namespace (as
-``python -m doctest`` would) plus the module itself under its name (as
-after ``import dsnt``), so the results they show are checked.
+The examples run with the standard ``doctest`` finder and runner, in their
+module's own namespace only and with NumPy's default printing: what
+``python -m pytest --doctest-modules stn.py`` (or ``python -m doctest``)
+sees, so an example that passes here passes there. No names are injected
+and no legacy printing is set: a scalar shows as ``np.float32(1.5)``, so the
+examples print Python numbers (``float(...)``, ``bool(...)``). The option
+flags are the ones ``pyproject.toml`` gives pytest's doctest collector
+(``doctest_optionflags``).
 """
 import doctest
 import importlib
 import inspect
 
-import numpy as np
 import pytest
 
 MODULES = ["spatial_convention", "stn", "stn_snt", "stn_keras", "dsnt", "dsnt_snt", "dsnt_keras",
            "coordconv", "coordconv_snt", "coordconv_keras"]
 
+# As pyproject.toml's [tool.pytest.ini_options] doctest_optionflags.
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_examples_run(name):
     module = importlib.import_module(name)
-    finder = doctest.DocTestFinder(exclude_empty=True)
-    runner = doctest.DocTestRunner(optionflags=FLAGS)
-    tests = [t for t in finder.find(module, name, extraglobs={name: module}) if t.examples]
+    tests = [t for t in doctest.DocTestFinder(exclude_empty=True).find(module) if t.examples]
     assert tests, f"{name} has no examples"
-    with np.printoptions(legacy="1.25"):   # scalars print as 1.5, not np.float32(1.5)
-        for test in tests:
-            runner.run(test)
+    runner = doctest.DocTestRunner(optionflags=FLAGS)
+    for test in tests:   # each test has its own copy of the module's globals
+        runner.run(test)
     result = runner.summarize(verbose=False)
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples in {name} failed"
 

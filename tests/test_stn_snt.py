@@ -111,3 +111,33 @@ def test_saved_model_round_trip(tmp_path):
     tf.saved_model.save(module, path)
     loaded = tf.saved_model.load(path)
     np.testing.assert_allclose(loaded.f(img).numpy(), st(img).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("options", [
+    dict(), dict(align_corners=True, padding_mode="border", interpolation="bicubic"),
+    dict(padding_mode="reflection", interpolation="nearest")])
+def test_grid_sample_module_is_the_functional_call(options):
+    from stn_snt import GridSample
+    rng = np.random.default_rng(3)
+    img = rng.standard_normal((2, 7, 9, 3)).astype(np.float32)
+    grid = rng.uniform(-1.3, 1.3, (2, 4, 5, 2)).astype(np.float32)
+    np.testing.assert_array_equal(GridSample(**options)(img, grid).numpy(),
+                                  stn.grid_sample(img, grid, **options).numpy())
+    volume = rng.standard_normal((1, 4, 5, 6, 2)).astype(np.float32)
+    grid3 = rng.uniform(-1, 1, (1, 2, 3, 4, 3)).astype(np.float32)
+    options = {k: v for k, v in options.items() if v != "bicubic"}
+    np.testing.assert_array_equal(GridSample(**options)(volume, grid3).numpy(),
+                                  stn.grid_sample(volume, grid3, **options).numpy())
+
+
+def test_grid_sample_module_fails_at_construction_with_the_functional_message():
+    from stn_snt import GridSample
+    img, grid = np.zeros((1, 4, 4, 1), np.float32), np.zeros((1, 2, 2, 2), np.float32)
+    for bad in (dict(padding_mode="wrap"), dict(interpolation="area")):
+        with pytest.raises(ValueError) as functional:
+            stn.grid_sample(img, grid, **bad)
+        with pytest.raises(ValueError, match=str(functional.value)):
+            GridSample(**bad)
+    with pytest.raises(TypeError, match="align_corners must be True or False"):
+        GridSample(align_corners=1)
+    assert GridSample().variables == ()
