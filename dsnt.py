@@ -559,8 +559,10 @@ def make_gauss(centres, size, fwhm=1.0, normalize=True):
     (and a tensor ``fwhm``).
 
     Args:
-      centres: 2-D ``[B, 2]`` or ``[B, K, 2]`` ``(x, y)``, or 3-D
-        ``[B, K, 3]`` ``(x, y, z)``, in normalised units.
+      centres: ``[..., n]`` centres ``(x, y)`` (``n = 2``) or ``(x, y, z)``
+        (``n = 3``, the length of ``size``), in normalised units, with any
+        number of leading axes: ``[n]`` one map, ``[N, n]`` N maps (as
+        dsntnn), ``[..., B, K, n]`` K points per map stack (channels last).
       size: ``(height, width)`` or ``(depth, height, width)`` in pixels
         (ints, scalar tensors or a 1-D tensor of known length).
       fwhm: full width at half maximum in pixels (> 0), python number or
@@ -569,31 +571,48 @@ def make_gauss(centres, size, fwhm=1.0, normalize=True):
         + 1e-24, as dsntnn); if False the peak value is one.
 
     Returns:
-      ``[B, H, W]`` for ``[B, 2]`` centres, ``[B, H, W, K]`` for
-      ``[B, K, 2]``, ``[B, D, H, W, K]`` for ``[B, K, 3]``; dtype of
-      ``centres`` (ints -> float32).
+      ``[*size]`` for ``[n]`` centres, ``[N, *size]`` for ``[N, n]``
+      (e.g. ``[B, H, W]`` for ``[B, 2]``, ``[K, D, H, W]`` for ``[K, 3]``,
+      dsntnn's layouts), and ``[..., B, *size, K]`` for ``[..., B, K, n]``
+      (e.g. ``[B, H, W, K]`` for ``[B, K, 2]``, ``[B, D, H, W, K]`` for
+      ``[B, K, 3]``); dtype of ``centres`` (ints -> float32).
 
     Example:
-      >>> g = dsnt.make_gauss([[0.0, 0.0]], size=(5, 5), fwhm=2.0)   # [1, 5, 5]
+      >>> g = make_gauss([[0.0, 0.0]], size=(5, 5), fwhm=2.0)   # [1, 5, 5]
       >>> int(tf.argmax(tf.reshape(g, [-1])))  # peak on the centre pixel
       12
-      >>> v = dsnt.make_gauss([[[0.0, 0.0, 0.25]]], size=(4, 3, 3), fwhm=2.0, normalize=False)
+      >>> v = make_gauss([[[0.0, 0.0, 0.25]]], size=(4, 3, 3), fwhm=2.0, normalize=False)
       >>> v.shape, float(v[0, 2, 1, 1, 0])     # peak 1 at depth (2 * 2 + 1) / 4 - 1 = 0.25
       (TensorShape([1, 4, 3, 3, 1]), 1.0)
+      >>> make_gauss([[0.0, 0.0, 0.25], [0.5, 0.0, 0.0]], size=(4, 3, 3)).shape   # [K, 3]
+      TensorShape([2, 4, 3, 3])
     """
     c = _float_tensor(centres, "centres")
     sizes = check_size(size, name="size", ndim=(2, 3))
     ndim = len(sizes)
-    layout = "[B, 2] or [B, K, 2] (x, y)" if ndim == 2 else "[B, K, 3] (x, y, z)"
-    if c.shape.rank and c.shape[-1] not in (None, ndim):
+    layout = f"[..., {ndim}] ({'x, y' if ndim == 2 else 'x, y, z'})"
+    if c.shape.rank is None:
+        raise ValueError(f"centres must have a statically known rank ({layout}); "
+                         "got a tensor of unknown rank")
+    if c.shape.rank == 0 or c.shape[-1] not in (None, ndim):
         raise ValueError(f"centres must be {layout} for a size of {ndim} axes; got shape "
                          f"{c.shape} for size {size!r}")
-    rank = check_rank(c, name="centres", ranks=(2, 3) if ndim == 2 else (3,), layout=layout)
     cdtype = _compute_dtype(c.dtype)
     sigma = _sigma(fwhm, cdtype)
-    c3 = tf.cast(c if rank == 3 else c[:, tf.newaxis, :], cdtype)
-    g = tf.cast(_gauss(c3, sizes, sigma, normalize), c.dtype)
-    return g if rank == 3 else tf.squeeze(g, axis=3)
+    # As [B, K, n]: [n] is one map of one point, [N, n] N maps of one point
+    # each, [..., B, K, n] the leading axes folded into B.
+    rank, lead = c.shape.rank, tf.shape(c)[:-1]
+    if rank <= 2:
+        c3 = tf.reshape(c, tf.stack([-1, 1, ndim]))
+    else:
+        c3 = tf.reshape(c, tf.stack([-1, lead[-1], ndim]))
+    g = tf.cast(_gauss(tf.cast(c3, cdtype), sizes, sigma, normalize), c.dtype)
+    spatial = tf.shape(g)[1:-1]
+    if rank <= 2:
+        shape = tf.concat([lead, spatial], 0)
+    else:
+        shape = tf.concat([lead[:-1], spatial, lead[-1:]], 0)
+    return tf.reshape(g, shape)
 
 
 # ---------------------------------------------------------------------------
