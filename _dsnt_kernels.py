@@ -29,6 +29,7 @@ imports only TensorFlow and ``spatial_convention`` (no import cycle).
 """
 import functools
 import operator
+from typing import Callable, Tuple
 
 import tensorflow as tf
 
@@ -122,7 +123,8 @@ def _softmax_dsnt(x, normalize, expectation):
 # Not converted by autograph (no Python control flow on tensors here or in the
 # maths passed in): shorter tracing inside tf.function.
 @tf.autograph.experimental.do_not_convert
-def dsnt(x, method, *, normalize, expectation):
+def dsnt(x: tf.Tensor, method: str, *, normalize: Callable[[tf.Tensor, str], tf.Tensor],
+         expectation: Callable[[tf.Tensor], tf.Tensor]) -> Tuple[tf.Tensor, tf.Tensor]:
     """(normalize(x, method), expectation of it), with the kernels' gradients.
 
     Args:
@@ -190,7 +192,9 @@ def _js_target_grads(p, c, sigma, u, *, gauss_log_factors, eps, rank):
 
 
 @tf.autograph.experimental.do_not_convert
-def js_divergence(p, c, sigma, *, gauss_log_factors, eps):
+def js_divergence(p: tf.Tensor, c: tf.Tensor, sigma: tf.Tensor, *,
+                  gauss_log_factors: Callable[..., Tuple[list, list]],
+                  eps: float) -> tf.Tensor:
     """Per-map Jensen-Shannon divergence of maps p [B, *spatial, K] -> [B, K].
 
     The target is the normalised Gaussian at centres c [B, K, n] with width

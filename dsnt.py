@@ -88,14 +88,15 @@ runs their compiled parts as plain ops (the switch is shared with ``stn``).
 import functools
 import math
 import operator
+from typing import Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
 
 import _dsnt_kernels
 import spatial_convention
-from spatial_convention import (as_float_tensor, check_option, check_positive, check_rank,
-                                check_size)
+from spatial_convention import (SizeLike, TensorLike, as_float_tensor, check_option,
+                                check_positive, check_rank, check_size)
 
 __all__ = [
     "METHODS",
@@ -131,8 +132,17 @@ _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 _EPS = 1e-24
 _LAYOUT = "[B, H, W], [B, H, W, K] or [B, D, H, W, K]"
 
+#: A rectification method (see :data:`METHODS`).
+Method = Literal["softmax", "relu", "abs", "sigmoid", "none"]
+#: A loss reduction (see :data:`REDUCTIONS`).
+Reduction = Literal["mean", "sum", "none"]
+#: A spatial size ``([depth,] height, width)``: pixel counts, or a 1-D int tensor.
+Size = Union[Sequence[SizeLike], tf.Tensor]
+#: A width or a standard deviation in pixels: a number or a scalar tensor (its gradient kept).
+Width = Union[float, tf.Tensor]
 
-def set_jit(enabled):
+
+def set_jit(enabled: bool) -> None:
     """Chooses whether the kernels' inner functions run XLA-compiled (default) or as plain ops.
 
     Both give the same numbers to float round-off; plain ops are there for
@@ -195,7 +205,7 @@ def _dims_check(tensor, expected, name, what):
 # normalised unit spans n / 2 pixels.
 
 
-def normalized_linspace(length, dtype=tf.float32):
+def normalized_linspace(length: SizeLike, dtype: tf.DType = tf.float32) -> tf.Tensor:
     """Normalised centres of the ``length`` pixels along one axis.
 
     Element ``i`` is ``(2 i + 1) / length - 1``: the values run from
@@ -252,7 +262,7 @@ def _conversion_args(coords, size):
     return coords, tf.cast(coords, cdtype), size_xy
 
 
-def pixel_to_normalized_coordinates(coords, size):
+def pixel_to_normalized_coordinates(coords: TensorLike, size: Size) -> tf.Tensor:
     """Converts pixel coordinates to normalised [-1, 1] coordinates.
 
     Pixel ``p`` (0 = centre of the first pixel) of an axis with ``n`` pixels
@@ -278,7 +288,7 @@ def pixel_to_normalized_coordinates(coords, size):
     return tf.cast(spatial_convention.pixel_to_normalized(c, size_xy), coords.dtype)
 
 
-def normalized_to_pixel_coordinates(coords, size):
+def normalized_to_pixel_coordinates(coords: TensorLike, size: Size) -> tf.Tensor:
     """Converts normalised [-1, 1] coordinates to pixel coordinates.
 
     The inverse of :func:`pixel_to_normalized_coordinates`:
@@ -299,7 +309,7 @@ def normalized_to_pixel_coordinates(coords, size):
     return tf.cast(spatial_convention.normalized_to_pixel(c, size_xy), coords.dtype)
 
 
-def fwhm_to_sigma(fwhm):
+def fwhm_to_sigma(fwhm: Width) -> Width:
     """Gaussian standard deviation from its full width at half maximum.
 
     ``sigma = fwhm / (2 sqrt(2 ln 2))`` (~ ``fwhm / 2.3548``); both in pixels.
@@ -316,7 +326,7 @@ def _sigma(fwhm, dtype):
     return fwhm_to_sigma(check_positive(fwhm, name="fwhm", dtype=dtype))
 
 
-def sigma_to_fwhm(sigma):
+def sigma_to_fwhm(sigma: Width) -> Width:
     """Full width at half maximum from a standard deviation (pixels).
 
     Inverse of :func:`fwhm_to_sigma`. Useful to port dsntnn code, whose
@@ -402,7 +412,7 @@ def _dsnt(x, method):
     return p, _expectation(p)
 
 
-def normalize_heatmaps(inputs, method="softmax"):
+def normalize_heatmaps(inputs: TensorLike, method: Method = "softmax") -> tf.Tensor:
     """Rectifies heatmaps and normalises each to sum to one over its pixels.
 
     Args:
@@ -427,7 +437,7 @@ def normalize_heatmaps(inputs, method="softmax"):
     return tf.reshape(tf.cast(p, x.dtype), tf.shape(x))
 
 
-def heatmap_coords(heatmaps):
+def heatmap_coords(heatmaps: TensorLike) -> tf.Tensor:
     """Expected coordinates of already-normalised heatmaps (the DSNT itself).
 
     Args:
@@ -447,7 +457,7 @@ def heatmap_coords(heatmaps):
     return dsnt(heatmaps, method="none")[1]
 
 
-def dsnt(inputs, method="softmax"):
+def dsnt(inputs: TensorLike, method: Method = "softmax") -> Tuple[tf.Tensor, tf.Tensor]:
     """Differentiable spatial to numerical transform.
 
     Rectifies and normalises each heatmap (see :func:`normalize_heatmaps`)
@@ -549,7 +559,8 @@ def _gauss(c, sizes, sigma, normalize=True):
     return functools.reduce(operator.mul, _gauss_log_factors(c, sizes, sigma, normalize)[0])
 
 
-def make_gauss(centres, size, fwhm=1.0, normalize=True):
+def make_gauss(centres: TensorLike, size: Size, fwhm: Width = 1.0,
+               normalize: bool = True) -> tf.Tensor:
     """Draws Gaussian heatmaps centred on ``centres`` (vectorised, no loops), in 2-D or 3-D.
 
     Equals dsntnn's ``make_gauss(centres, size, sigma)`` with
@@ -559,8 +570,10 @@ def make_gauss(centres, size, fwhm=1.0, normalize=True):
     (and a tensor ``fwhm``).
 
     Args:
-      centres: 2-D ``[B, 2]`` or ``[B, K, 2]`` ``(x, y)``, or 3-D
-        ``[B, K, 3]`` ``(x, y, z)``, in normalised units.
+      centres: ``[..., n]`` centres ``(x, y)`` (``n = 2``) or ``(x, y, z)``
+        (``n = 3``, the length of ``size``), in normalised units, with any
+        number of leading axes: ``[n]`` one map, ``[N, n]`` N maps (as
+        dsntnn), ``[..., B, K, n]`` K points per map stack (channels last).
       size: ``(height, width)`` or ``(depth, height, width)`` in pixels
         (ints, scalar tensors or a 1-D tensor of known length).
       fwhm: full width at half maximum in pixels (> 0), python number or
@@ -569,31 +582,49 @@ def make_gauss(centres, size, fwhm=1.0, normalize=True):
         + 1e-24, as dsntnn); if False the peak value is one.
 
     Returns:
-      ``[B, H, W]`` for ``[B, 2]`` centres, ``[B, H, W, K]`` for
-      ``[B, K, 2]``, ``[B, D, H, W, K]`` for ``[B, K, 3]``; dtype of
-      ``centres`` (ints -> float32).
+      ``[*size]`` for ``[n]`` centres, ``[N, *size]`` for ``[N, n]``
+      (e.g. ``[B, H, W]`` for ``[B, 2]``, ``[K, D, H, W]`` for ``[K, 3]``,
+      dsntnn's layouts), and ``[..., B, *size, K]`` for ``[..., B, K, n]``
+      (e.g. ``[B, H, W, K]`` for ``[B, K, 2]``, ``[B, D, H, W, K]`` for
+      ``[B, K, 3]``); dtype of ``centres`` (ints -> float32).
 
     Example:
-      >>> g = dsnt.make_gauss([[0.0, 0.0]], size=(5, 5), fwhm=2.0)   # [1, 5, 5]
+      >>> g = make_gauss([[0.0, 0.0]], size=(5, 5), fwhm=2.0)   # [1, 5, 5]
       >>> int(tf.argmax(tf.reshape(g, [-1])))  # peak on the centre pixel
       12
-      >>> v = dsnt.make_gauss([[[0.0, 0.0, 0.25]]], size=(4, 3, 3), fwhm=2.0, normalize=False)
+      >>> v = make_gauss([[[0.0, 0.0, 0.25]]], size=(4, 3, 3), fwhm=2.0, normalize=False)
       >>> v.shape, float(v[0, 2, 1, 1, 0])     # peak 1 at depth (2 * 2 + 1) / 4 - 1 = 0.25
       (TensorShape([1, 4, 3, 3, 1]), 1.0)
+      >>> make_gauss([[0.0, 0.0, 0.25], [0.5, 0.0, 0.0]], size=(4, 3, 3)).shape   # [K, 3]
+      TensorShape([2, 4, 3, 3])
     """
     c = _float_tensor(centres, "centres")
     sizes = check_size(size, name="size", ndim=(2, 3))
+    assert sizes is not None   # None only where check_size is given None
     ndim = len(sizes)
-    layout = "[B, 2] or [B, K, 2] (x, y)" if ndim == 2 else "[B, K, 3] (x, y, z)"
-    if c.shape.rank and c.shape[-1] not in (None, ndim):
+    layout = f"[..., {ndim}] ({'x, y' if ndim == 2 else 'x, y, z'})"
+    if c.shape.rank is None:
+        raise ValueError(f"centres must have a statically known rank ({layout}); "
+                         "got a tensor of unknown rank")
+    if c.shape.rank == 0 or c.shape[-1] not in (None, ndim):
         raise ValueError(f"centres must be {layout} for a size of {ndim} axes; got shape "
                          f"{c.shape} for size {size!r}")
-    rank = check_rank(c, name="centres", ranks=(2, 3) if ndim == 2 else (3,), layout=layout)
     cdtype = _compute_dtype(c.dtype)
     sigma = _sigma(fwhm, cdtype)
-    c3 = tf.cast(c if rank == 3 else c[:, tf.newaxis, :], cdtype)
-    g = tf.cast(_gauss(c3, sizes, sigma, normalize), c.dtype)
-    return g if rank == 3 else tf.squeeze(g, axis=3)
+    # As [B, K, n]: [n] is one map of one point, [N, n] N maps of one point
+    # each, [..., B, K, n] the leading axes folded into B.
+    rank, lead = c.shape.rank, tf.shape(c)[:-1]
+    if rank <= 2:
+        c3 = tf.reshape(c, tf.stack([-1, 1, ndim]))
+    else:
+        c3 = tf.reshape(c, tf.stack([-1, lead[-1], ndim]))
+    g = tf.cast(_gauss(tf.cast(c3, cdtype), sizes, sigma, normalize), c.dtype)
+    spatial = tf.shape(g)[1:-1]
+    if rank <= 2:
+        shape = tf.concat([lead, spatial], 0)
+    else:
+        shape = tf.concat([lead[:-1], spatial, lead[-1:]], 0)
+    return tf.reshape(g, shape)
 
 
 # ---------------------------------------------------------------------------
@@ -669,7 +700,8 @@ def _finish(per_point, x, squeeze, mask, reduction):
     return tf.cast(_reduce(per_point, mask, reduction), x.dtype)
 
 
-def js_reg_loss(heatmaps, centres, fwhm=1.0, mask=None, reduction="mean"):
+def js_reg_loss(heatmaps: TensorLike, centres: TensorLike, fwhm: Width = 1.0,
+                mask: Optional[TensorLike] = None, reduction: Reduction = "mean") -> tf.Tensor:
     """Jensen-Shannon divergence between heatmaps and target Gaussians.
 
     The DSNT regulariser: ``JS(p || N(centre, sigma^2))`` per point (natural
@@ -705,7 +737,8 @@ def js_reg_loss(heatmaps, centres, fwhm=1.0, mask=None, reduction="mean"):
     return _finish(_js(p, c, sigma), x, squeeze, mask, reduction)
 
 
-def kl_reg_loss(heatmaps, centres, fwhm=1.0, mask=None, reduction="mean"):
+def kl_reg_loss(heatmaps: TensorLike, centres: TensorLike, fwhm: Width = 1.0,
+                mask: Optional[TensorLike] = None, reduction: Reduction = "mean") -> tf.Tensor:
     """Kullback-Leibler divergence ``KL(heatmap || target Gaussian)``.
 
     dsntnn's ``kl_reg_losses``: ``sum p (log(p + 1e-24) - log(q + 1e-24))``,
@@ -729,7 +762,8 @@ def kl_reg_loss(heatmaps, centres, fwhm=1.0, mask=None, reduction="mean"):
     return _finish(_kl(p, log_q_eps), x, squeeze, mask, reduction)
 
 
-def variance_reg_loss(heatmaps, fwhm=1.0, mask=None, reduction="mean"):
+def variance_reg_loss(heatmaps: TensorLike, fwhm: Width = 1.0, mask: Optional[TensorLike] = None,
+                      reduction: Reduction = "mean") -> tf.Tensor:
     """Squared error between the heatmap variance and a target variance.
 
     dsntnn's ``variance_reg_losses``: for each point,
@@ -768,7 +802,7 @@ def variance_reg_loss(heatmaps, fwhm=1.0, mask=None, reduction="mean"):
 # coordinate losses, masks and reductions
 # ---------------------------------------------------------------------------
 
-def average_loss(losses, mask=None):
+def average_loss(losses: TensorLike, mask: Optional[TensorLike] = None) -> tf.Tensor:
     """Mean of per-point losses, optionally over the points where mask != 0.
 
     dsntnn's ``average_loss``: ``sum(losses * mask) / max(sum(mask), 1)``
@@ -829,7 +863,8 @@ def _coord_args(coords, targets, reduction):
     return c, tf.cast(c, cdtype) - tf.cast(t, cdtype)
 
 
-def euclidean_loss(coords, targets, mask=None, reduction="mean"):
+def euclidean_loss(coords: TensorLike, targets: TensorLike, mask: Optional[TensorLike] = None,
+                   reduction: Reduction = "mean") -> tf.Tensor:
     """Euclidean distance between predicted and target points.
 
     Per point ``||coords - targets||_2`` over the last axis (dsntnn's
@@ -857,7 +892,8 @@ def euclidean_loss(coords, targets, mask=None, reduction="mean"):
     return tf.cast(_reduce(dist, mask, reduction), c.dtype)
 
 
-def mse_loss(coords, targets, mask=None, reduction="mean"):
+def mse_loss(coords: TensorLike, targets: TensorLike, mask: Optional[TensorLike] = None,
+             reduction: Reduction = "mean") -> tf.Tensor:
     """Mean squared error per point (mean over the coordinate axis), then reduced.
 
     dsntnn's ``mse_losses``. With the default ``reduction="mean"`` and no mask
@@ -872,7 +908,8 @@ def mse_loss(coords, targets, mask=None, reduction="mean"):
     return tf.cast(_reduce(tf.reduce_mean(tf.square(d), axis=-1), mask, reduction), c.dtype)
 
 
-def l1_loss(coords, targets, mask=None, reduction="mean"):
+def l1_loss(coords: TensorLike, targets: TensorLike, mask: Optional[TensorLike] = None,
+            reduction: Reduction = "mean") -> tf.Tensor:
     """Mean absolute error per point (mean over the coordinate axis), then reduced.
 
     dsntnn's ``l1_losses``. Arguments as :func:`euclidean_loss`.

@@ -23,6 +23,8 @@ Example:
 """
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 
 if keras.backend.backend() != "tensorflow":
@@ -61,7 +63,7 @@ class DSNT(keras.layers.Layer):
       array([[0.25, 0.5 ]], dtype=float32)
     """
 
-    def __init__(self, method: str = "softmax", **kwargs) -> None:
+    def __init__(self, method: dsnt.Method = "softmax", **kwargs: Any) -> None:
         """Args:
           method: rectification, ``"softmax"`` (default), ``"relu"``, ``"abs"``,
             ``"sigmoid"`` or ``"none"`` (already normalised heatmaps).
@@ -150,7 +152,7 @@ class _RegLoss(_DSNTLoss):
     """A divergence regulariser: target coordinates (``y_true``) vs heatmaps (``y_pred``)."""
 
     def __init__(self, fwhm: float = 1.0, reduction: str = "sum_over_batch_size",
-                 name: str | None = None, dtype=None) -> None:
+                 name: str | None = None, dtype: Any = None) -> None:
         super().__init__(reduction=reduction, name=name, dtype=dtype)
         check_positive(fwhm, name="fwhm", dtype=tf.float32)
         self.fwhm = float(fwhm)

@@ -11,7 +11,12 @@ Example:
   TensorShape([2, 3, 3])
 """
 
+from typing import Optional, Tuple
+
+import tensorflow as tf
+
 import dsnt
+from spatial_convention import TensorLike
 from spatial_convention import check_option, missing_extra
 
 try:
@@ -49,14 +54,14 @@ class DSNT(snt.Module):
       TensorShape([4, 2])
     """
 
-    def __init__(self, method="softmax", name=None):
+    def __init__(self, method: dsnt.Method = "softmax", name: Optional[str] = None) -> None:
         super().__init__(name=name)
         self._method = check_option(method, name="method", allowed=dsnt.METHODS)
 
     @property
-    def method(self):
+    def method(self) -> dsnt.Method:
         """The rectification method (read-only)."""
         return self._method
 
-    def __call__(self, inputs):
+    def __call__(self, inputs: TensorLike) -> Tuple[tf.Tensor, tf.Tensor]:
         return dsnt.dsnt(inputs, method=self._method)

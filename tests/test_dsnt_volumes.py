@@ -88,6 +88,28 @@ def test_all_zero_relu_volume_is_uniform_with_finite_gradient():
 # Gaussians, regularisers, coordinate losses
 # --------------------------------------------------------------------------
 
+@pytest.mark.parametrize("lead", [(), (4,), (2, 3), (2, 1, 3)], ids=str)
+@pytest.mark.parametrize("size", [(5, 6), (3, 5, 4)], ids=["2d", "3d"])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_make_gauss_takes_any_leading_axes_as_dsntnn(lead, size, normalize):
+    # dsntnn draws [..., n] centres as [..., *size]; ours is the same for [n]
+    # and [N, n] (e.g. its own tests' [K, 3]) and puts K last for [..., B, K, n].
+    n = len(size)
+    t = RNG.uniform(-1.1, 1.1, size=(*lead, n)).astype(np.float32)
+    sigma = 1.3
+    want = dsntnn.make_gauss(torch.tensor(t), size, sigma, normalize=normalize).numpy()
+    if len(lead) >= 2:
+        want = np.moveaxis(want, -(n + 1), -1)
+    got = dsnt.make_gauss(t, size, fwhm=dsnt.sigma_to_fwhm(sigma), normalize=normalize)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-7)
+    # unknown leading sizes in a graph: the same maps
+    traced_fn = tf.function(lambda c: dsnt.make_gauss(c, size, fwhm=dsnt.sigma_to_fwhm(sigma),
+                                                      normalize=normalize),
+                            input_signature=[tf.TensorSpec([None] * len(lead) + [n])])
+    np.testing.assert_allclose(traced_fn(t).numpy(), got.numpy(), rtol=1e-6, atol=1e-8)
+
+
 @pytest.mark.parametrize("fwhm", [0.5, 2.0])
 def test_make_gauss_volumes_match_numpy(fwhm):
     c = RNG.uniform(-1.2, 1.2, size=(2, 3, 3))
@@ -348,8 +370,8 @@ def test_volume_dtypes_kept_and_computed_in_float32_or_better(dtype):
      r"centres must have shape \[batch, K, 3\]"),
     (lambda: dsnt.kl_reg_loss(tf.zeros([2, 3, 4, 4, 2]), tf.zeros([3, 2, 3])), ValueError,
      "centres"),
-    (lambda: dsnt.make_gauss(tf.zeros([2, 3]), (3, 4, 4)), ValueError,
-     r"centres must have rank 3 \(\[B, K, 3\]"),
+    (lambda: dsnt.make_gauss(tf.zeros([]), (3, 4, 4)), ValueError,
+     r"centres must be \[\.\.\., 3\] \(x, y, z\) for a size of 3 axes; got shape \(\)"),
     (lambda: dsnt.make_gauss(tf.zeros([2, 1, 3]), (4, 4)), ValueError,
      "centres must be .* for a size of 2 axes"),
     (lambda: dsnt.make_gauss(tf.zeros([2, 1, 3]), (2, 3, 4, 4)), ValueError,
