@@ -5,7 +5,7 @@ point (the 2^n corners for N-linear interpolation, one pixel for nearest,
 16 for bicubic) and their weights, then ``stn._taps``, a masked
 ``gather_nd`` whose gradient TensorFlow derives. The functions here compute
 the same numbers faster and with less memory. ``stn`` uses them unless
-``spatial_convention.use_kernels(False)``; ``tests/test_stn_volumes.py``
+``spatial_convention.use_kernels(False)``; ``tests/test_stn_kernels.py``
 compares the two, values and gradients, 2-D and 3-D.
 
 * :func:`staged`: coordinates and sampler as two XLA-compiled functions,
