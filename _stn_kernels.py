@@ -5,7 +5,7 @@ point (the 2^n corners for N-linear interpolation, one pixel for nearest,
 16 for bicubic) and their weights, then ``stn._taps``, a masked
 ``gather_nd`` whose gradient TensorFlow derives. The functions here compute
 the same numbers faster and with less memory. ``stn`` uses them unless
-``spatial_convention.use_kernels(False)``; ``tests/test_stn_volumes.py``
+``spatial_convention.use_kernels(False)``; ``tests/test_stn_kernels.py``
 compares the two, values and gradients, 2-D and 3-D.
 
 * :func:`staged`: coordinates and sampler as two XLA-compiled functions,
@@ -31,10 +31,9 @@ _SCATTER_PARTS = 4
 
 # N-linear interpolation reads an image through its corner windows (see
 # _corner_windows) when a window, 2^n x channels values, is at most this
-# wide (2-D: up to 3 channels; 3-D: 1); wider ones corner by corner. At 3
-# channels the windows save 6 % of the time and, under XLA's default CPU
-# scheduler, memory (241 against 320 MiB at 16 x 256 x 256 x 3), but with
-# the sequential scheduler they hold 256 against 109 MiB
+# wide (2-D: up to 3 channels; 3-D: 1); wider ones corner by corner. At the
+# widest windows kept, time and memory under XLA's default CPU scheduler
+# still gain, while the sequential scheduler's memory loses
 # (docs/performance.md, "Corner windows").
 _WINDOW_MAX_WIDTH = 12
 
@@ -47,9 +46,9 @@ def staged(pixels, sample, img, arg, pixel_options, sample_options):
     every fusion that uses it, and a multiply-add contracted to an FMA in
     one fusion but not in another can put the same coordinate on either
     side of an integer for a corner's index and for its weight: a whole
-    pixel wrong (seen once in ~500k output pixels at 32x128x128x16). From
-    its inputs on, the sampler only rounds exactly (clamp, floor,
-    subtracting the floor), so indices and weights always agree.
+    pixel wrong (docs/performance.md, "Staged compilation (two compiled
+    halves)"). From its inputs on, the sampler only rounds exactly (clamp,
+    floor, subtracting the floor), so indices and weights always agree.
 
     Memory: each has a compiled backward that recomputes what it needs
     from the inputs (see :func:`_rematerialized`).
@@ -64,8 +63,8 @@ def _rematerialized(fn, img, arg, options):
     Only the inputs live between the passes: the backward runs ``fn`` again
     under a tape (XLA drops what the gradient does not use). A compiled
     function differentiated the usual way returns everything its backward
-    reads as extra outputs, copies of its inputs included (the peak
-    memory before and after: docs/performance.md, "Round 2").
+    reads as extra outputs, copies of its inputs included. Buys memory at
+    some time (docs/performance.md, "Recomputing backward").
     """
     args = [img] + tf.nest.flatten(arg)
 
@@ -145,8 +144,8 @@ def _tap_sum(gathered, weights):
     """``sum_k weights[..., k] * gathered[..., k, :]``, ``[B, ..., C]``.
 
     Unrolled over the K taps: XLA compiles it to one loop, where a
-    reduction over the tap axis was many times slower (forward only;
-    measured in docs/performance.md).
+    reduction over the tap axis was much slower (docs/performance.md,
+    "Unrolled tap sum").
     """
     out = gathered[..., 0, :] * weights[..., 0:1]
     for k in range(1, weights.shape[-1]):
@@ -165,11 +164,13 @@ def _scatter_add_per_image(weights, values, rows, shape):
     Done as ``_SCATTER_PARTS`` independent scatters over slices of the
     batch (each image's rows stay inside its own block): XLA runs a scatter
     as one serial loop on CPU but runs independent ones side by side. Each
-    part forms its own updates, so no slice of a large tensor is copied.
+    part forms its own updates, so no slice of a large tensor is copied
+    (docs/performance.md, "Scatter split over the batch").
 
     Rows of 4k + 3 channels get one zero channel for the scatter: XLA's CPU
-    scatter is faster for 4 channels than for 3 (and 8 than 7); padding
-    other counts lost time.
+    scatter takes less time for 4 channels than for 3 (and 8 than 7);
+    padding other counts lost time (docs/performance.md, "A zero channel
+    for 4k + 3 channels").
     """
     batch = shape[0]
     per_image = tf.reduce_prod(shape[1:-1])
@@ -241,12 +242,10 @@ def _corner_windows(padded, n):
 
     What it buys: one gather of 2^n C values per output point instead of
     2^n gathers of C, and in the gradient one scatter row instead of 2^n.
-    XLA's CPU gather and scatter pay per row: at 1 channel an STN training
-    step takes 0.5-0.77x the time in 2-D and 0.4x in 3-D, at 3 channels
-    (2-D) 0.94-0.96x. Building the 2^n-times-larger image costs about what
-    it saves at 16 values (2-D at 4 channels: 1.04x; 3-D at 2: 0.90x) and
-    more beyond (3-D at 4: 1.35x). Measured in docs/performance.md, "Corner
-    windows".
+    XLA's CPU gather and scatter pay per row, so the fewer the channels the
+    more it saves; building the 2^n-times-larger image costs about what it
+    saves at 16 values and more beyond, hence ``_WINDOW_MAX_WIDTH``
+    (docs/performance.md, "Corner windows").
     """
     sizes = _sizes(padded)
     windows = []
@@ -281,8 +280,8 @@ def _window_sum_grad(windows, rows, weights, g):
     """Gradients of :func:`_window_sum` to windows and weights, upstream ``g``.
 
     One scatter, not split over the batch as :func:`_scatter_add_per_image`
-    is: with rows this wide the split bought nothing (2 or 4 parts: 1.0-1.2x
-    the time at 64 x 60 x 60 x 1, 16 x 256 x 256 x 3 and 4 x 64^3 x 4).
+    is: with rows this wide the split bought nothing (docs/performance.md,
+    "Corner windows").
     """
     width = windows.shape[-1]
     updates = weights[..., None] * g[..., None, :]      # [B, ..., taps, C]
@@ -304,11 +303,12 @@ def linear(img, coords):
       inside the padded image, so there are no masks, and no value changes
       (outside that band all corners are padding).
     * The corners' weights are built by broadcasting over a last axis of
-      2^n, not by stacking: XLA's CPU concatenation is several times slower
-      than a broadcast.
+      2^n, not by stacking: XLA's CPU concatenation costs more than a
+      broadcast (docs/performance.md, "Broadcast corner weights").
     * The gradient to the coordinates is written out: autodiff of the
       weights kept several more ``[B, ...]`` tensors, and copies of the
-      weights and of the padded image, between the passes.
+      weights and of the padded image, between the passes
+      (docs/performance.md, "Written-out gradients").
     * Images of few (static) channels are read through their corner
       windows (:func:`_corner_windows`): one row of 2^n C values per point
       instead of 2^n rows of C.

@@ -520,12 +520,10 @@ def compiled(fn: Callable[..., Any], *args: Any, **options: Any) -> Any:
     bools, ints, tuples) fixed at trace time. One compiled function per
     (fn, options, the inputs' static shapes and dtypes), each traced once,
     as a plain ``tf.function`` traces once per shape: the code inside sees
-    every size TensorFlow knows, and a call's result does not depend on
-    which sizes ran before. (One function retraced with
-    ``reduce_retracing`` generalised the sizes it had met to unknown: after
-    steps at 16 and 3 channels an STN step at 64 x 60 x 60 x 1 took 10.6 ms
-    instead of 4.9-5.4 ms, and a model's output moved by float32 round-off
-    with the trace it got.) A partial rather than a lambda so that
+    every size TensorFlow knows (the kernels choose their fast paths from
+    static sizes), and a call's result does not depend on which sizes ran
+    before in the process (docs/performance.md, "Compiled-function
+    cache"). A partial rather than a lambda so that
     TensorFlow's retracing statistics are kept per function (they are keyed
     by code object). Gradients of the call are compiled too.
 

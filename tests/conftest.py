@@ -55,11 +55,11 @@ SLOW_CASES = (
     "test_stn.py::test_identity_is_exact[True-(13, 6)]",
 )
 SLOW_PATTERNS = (
-    ("test_stn_volumes.py::test_kernels_match_the_direct_sampler[xla-2d-", "-bicubic-c3]"),
-    ("test_stn_volumes.py::test_kernels_match_the_direct_sampler[xla-2d-", "-nearest-c3]"),
+    ("test_stn_kernels.py::test_kernels_match_the_direct_sampler[xla-2d-", "-bicubic-c3]"),
+    ("test_stn_kernels.py::test_kernels_match_the_direct_sampler[xla-2d-", "-nearest-c3]"),
     # The corner-by-corner reading of wide images: its XLA twin stays in.
-    ("test_stn_volumes.py::test_kernels_match_the_direct_sampler[plain-", "-bilinear-c6]"),
-    ("test_stn_volumes.py::test_kernels_match_the_direct_sampler[plain-", "-bilinear-c5]"),
+    ("test_stn_kernels.py::test_kernels_match_the_direct_sampler[plain-", "-bilinear-c6]"),
+    ("test_stn_kernels.py::test_kernels_match_the_direct_sampler[plain-", "-bilinear-c5]"),
 )
 
 

@@ -7,7 +7,7 @@ The sampler exists twice: the direct maths in ``stn.py`` (``_linear_taps``,
 default. Where both implement a behaviour, both get the mutant: ``stn-*``
 for the kernel (what every test runs), ``stn-direct-*`` for the direct
 maths, which only runs under ``spatial_convention.use_kernels(False)``:
-only ``test_stn_volumes.py::test_kernels_match_the_direct_sampler`` turns
+only ``test_stn_kernels.py::test_kernels_match_the_direct_sampler`` turns
 the kernels off, so the direct mutants run that test first. Padding
 (``_apply_padding``), the nearest and bicubic taps and the coordinates are
 shared by both paths.
@@ -20,13 +20,13 @@ from . import Mutant
 FILES = ("stn.py", "_*.py")
 ARGS = ("-k", "not (test_compat and dsnt)")   # of test_compat, the stn and coordconv cases
 TESTS = ["tests/test_stn.py", "tests/test_stn_snt.py", "tests/test_compat.py",
-         "tests/test_properties.py", "tests/test_stn_volumes.py", "tests/test_dense_fields.py",
-         "tests/test_tps.py"]
+         "tests/test_properties.py", "tests/test_stn_volumes.py", "tests/test_stn_kernels.py",
+         "tests/test_dense_fields.py", "tests/test_tps.py"]
 
 # pytest 9 runs a file's tests in file order even when one of them is also
 # named as a node id, so a mutant's fastest killer goes first as a file.
-DIRECT = ("tests/test_stn_volumes.py::test_kernels_match_the_direct_sampler",
-          *[t for t in TESTS if t != "tests/test_stn_volumes.py"])
+DIRECT = ("tests/test_stn_kernels.py::test_kernels_match_the_direct_sampler",
+          *[t for t in TESTS if t != "tests/test_stn_kernels.py"])
 
 
 def first(*tests):
