@@ -27,11 +27,11 @@ import json, os, resource, sys
 sys.path.insert(0, {root!r}); sys.path.insert(0, {here!r})
 impl, (b, h, w, c) = {impl!r}, {shape!r}
 import numpy as np
-import bench
+import bench_stn
 rng = np.random.default_rng(0)
 img = rng.standard_normal((b, h, w, c)).astype(np.float32)
 cot = rng.standard_normal((b, h, w, c)).astype(np.float32)
-theta = bench.random_theta(rng, b)
+theta = bench_stn.random_theta(rng, b)
 if impl == "ours":
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads({threads})

@@ -15,12 +15,7 @@ def _f(x, spec):
 
 
 def case_table(case):
-    # Files from before the round-2 groups carry no "dims" / "second_reference".
-    dims = case.get("dims") or ("B,H,W,C" if case["group"].startswith("stn") else "B,H,W,K")
-    if "dims" in case:
-        second = case.get("second_reference") or "second"
-    else:
-        second = "seed stn" if case["group"].startswith("stn") else "seed dsnt"
+    dims, second = case["dims"], case["second_reference"] or "second"
     ref = case["reference"] or "none"
     lines = [f"**{case['group'].upper()}, {dims} = {','.join(map(str, case['shape']))}** "
              f"(ratios: median of per-round time / {ref} time)", "",
@@ -28,9 +23,7 @@ def case_table(case):
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for row in case["rows"]:
         name = row["impl"] + ("" if row["backward"] else " (forward only)")
-        other = row.get("ratio_vs_second", row.get("ratio_vs_seed"))
-        if other is None:
-            other = row.get("ratio_vs_seed")
+        other = row["ratio_vs_second"]
         lines.append(f"| {name} | {row['median_s'] * 1e3:.1f} | {row['min_s'] * 1e3:.1f} | "
                      f"{_f(row['ratio_vs_reference'], '.2f')} | {_f(other, '.2f')} | "
                      f"{_f(row['peak_mem_mib'], '.0f')} |")
@@ -71,6 +64,7 @@ def main(argv=None):
             words = t0["target"].split(":")[1].split()
             pair = f"{words[0]} vs {words[2]}" if t0["how"] == "le" else f"{words[0]} vs {words[5]} {words[6]}"
             print(f"| {key(t0)[0]}: {pair}, {what} {t0['bound']}x | " + " | ".join(cells) + " |")
+
 
 if __name__ == "__main__":
     main()
