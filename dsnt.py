@@ -150,8 +150,8 @@ def set_jit(enabled: bool) -> None:
     for the project: the same as ``stn.set_jit``.
 
     Example:
-      >>> dsnt.set_jit(False)   # plain TensorFlow ops from here on
-      >>> dsnt.set_jit(True)
+      >>> set_jit(False)   # plain TensorFlow ops from here on
+      >>> set_jit(True)
     """
     spatial_convention.set_jit(enabled)
 
@@ -220,7 +220,7 @@ def normalized_linspace(length: SizeLike, dtype: tf.DType = tf.float32) -> tf.Te
       ``[length]`` tensor of ``dtype``.
 
     Example:
-      >>> dsnt.normalized_linspace(4).numpy()
+      >>> normalized_linspace(4).numpy()
       array([-0.75, -0.25,  0.25,  0.75], dtype=float32)
     """
     dtype = tf.as_dtype(dtype)
@@ -279,9 +279,9 @@ def pixel_to_normalized_coordinates(coords: TensorLike, size: Size) -> tf.Tensor
       Tensor like ``coords`` (same dtype; ints become float32).
 
     Example:
-      >>> dsnt.pixel_to_normalized_coordinates([[0.0, 3.0]], size=(4, 8)).numpy()
+      >>> pixel_to_normalized_coordinates([[0.0, 3.0]], size=(4, 8)).numpy()
       array([[-0.875,  0.75 ]], dtype=float32)
-      >>> dsnt.pixel_to_normalized_coordinates([[0.0, 3.0, 1.0]], size=(2, 4, 8)).numpy()
+      >>> pixel_to_normalized_coordinates([[0.0, 3.0, 1.0]], size=(2, 4, 8)).numpy()
       array([[-0.875,  0.75 ,  0.5  ]], dtype=float32)
     """
     coords, c, size_xy = _conversion_args(coords, size)
@@ -302,7 +302,7 @@ def normalized_to_pixel_coordinates(coords: TensorLike, size: Size) -> tf.Tensor
       Tensor like ``coords``, in pixels.
 
     Example:
-      >>> dsnt.normalized_to_pixel_coordinates([[-0.875, 0.75]], size=(4, 8)).numpy()
+      >>> normalized_to_pixel_coordinates([[-0.875, 0.75]], size=(4, 8)).numpy()
       array([[0., 3.]], dtype=float32)
     """
     coords, c, size_xy = _conversion_args(coords, size)
@@ -315,7 +315,7 @@ def fwhm_to_sigma(fwhm: Width) -> Width:
     ``sigma = fwhm / (2 sqrt(2 ln 2))`` (~ ``fwhm / 2.3548``); both in pixels.
 
     Example:
-      >>> round(dsnt.fwhm_to_sigma(2.3548200450309493), 6)
+      >>> round(fwhm_to_sigma(2.3548200450309493), 6)
       1.0
     """
     return fwhm / _FWHM_PER_SIGMA
@@ -333,7 +333,7 @@ def sigma_to_fwhm(sigma: Width) -> Width:
     losses take ``sigma_t``: ``js_reg_loss(h, c, fwhm=sigma_to_fwhm(sigma_t))``.
 
     Example:
-      >>> round(dsnt.sigma_to_fwhm(1.0), 4)
+      >>> round(sigma_to_fwhm(1.0), 4)
       2.3548
     """
     return sigma * _FWHM_PER_SIGMA
@@ -427,7 +427,7 @@ def normalize_heatmaps(inputs: TensorLike, method: Method = "softmax") -> tf.Ten
       Tensor with the shape and dtype of ``inputs`` (ints -> float32).
 
     Example:
-      >>> h = dsnt.normalize_heatmaps(tf.zeros([2, 4, 4, 3]), method="relu")
+      >>> h = normalize_heatmaps(tf.zeros([2, 4, 4, 3]), method="relu")
       >>> float(h[0, 0, 0, 0])
       0.0625
     """
@@ -451,7 +451,7 @@ def heatmap_coords(heatmaps: TensorLike) -> tf.Tensor:
 
     Example:
       >>> delta = tf.reshape(tf.one_hot(6, 8), [1, 2, 4])  # row 1, column 2
-      >>> dsnt.heatmap_coords(delta).numpy()
+      >>> heatmap_coords(delta).numpy()
       array([[0.25, 0.5 ]], dtype=float32)
     """
     return dsnt(heatmaps, method="none")[1]
@@ -488,10 +488,10 @@ def dsnt(inputs: TensorLike, method: Method = "softmax") -> Tuple[tf.Tensor, tf.
 
     Example:
       >>> logits = tf.constant([[[0.0, 0.0], [0.0, 9.0]]])   # [1, 2, 2], peak at row 1, col 1
-      >>> norm_heatmaps, coords = dsnt.dsnt(logits)
+      >>> norm_heatmaps, coords = dsnt(logits)
       >>> coords.numpy().round(3)                            # (x, y) near (0.5, 0.5)
       array([[0.5, 0.5]], dtype=float32)
-      >>> dsnt.dsnt(tf.zeros([8, 4, 32, 32, 1]))[1].shape    # a volume, K = 1
+      >>> dsnt(tf.zeros([8, 4, 32, 32, 1]))[1].shape    # a volume, K = 1
       TensorShape([8, 1, 3])
     """
     check_option(method, name="method", allowed=METHODS)
@@ -727,10 +727,10 @@ def js_reg_loss(heatmaps: TensorLike, centres: TensorLike, fwhm: Width = 1.0,
 
     Example:
       >>> targets = tf.constant([[0.1, -0.2]])
-      >>> norm_heatmaps = dsnt.make_gauss(targets, size=(8, 8), fwhm=3.0)
-      >>> bool(dsnt.js_reg_loss(norm_heatmaps, targets, fwhm=3.0) < 1e-6)   # the target itself
+      >>> norm_heatmaps = make_gauss(targets, size=(8, 8), fwhm=3.0)
+      >>> bool(js_reg_loss(norm_heatmaps, targets, fwhm=3.0) < 1e-6)   # the target itself
       True
-      >>> round(float(dsnt.js_reg_loss(norm_heatmaps, -targets, fwhm=3.0)), 4)
+      >>> round(float(js_reg_loss(norm_heatmaps, -targets, fwhm=3.0)), 4)
       0.1963
     """
     x, p, c, sigma, squeeze = _divergence_args(heatmaps, centres, fwhm, mask, reduction)
@@ -749,8 +749,8 @@ def kl_reg_loss(heatmaps: TensorLike, centres: TensorLike, fwhm: Width = 1.0,
 
     Example:
       >>> targets = tf.constant([[0.1, -0.2]])
-      >>> norm_heatmaps = dsnt.make_gauss(targets, size=(8, 8), fwhm=3.0)
-      >>> round(float(dsnt.kl_reg_loss(norm_heatmaps, -targets, fwhm=3.0)), 4)
+      >>> norm_heatmaps = make_gauss(targets, size=(8, 8), fwhm=3.0)
+      >>> round(float(kl_reg_loss(norm_heatmaps, -targets, fwhm=3.0)), 4)
       0.9641
     """
     x, p, c, sigma, squeeze = _divergence_args(heatmaps, centres, fwhm, mask, reduction)
@@ -781,7 +781,7 @@ def variance_reg_loss(heatmaps: TensorLike, fwhm: Width = 1.0, mask: Optional[Te
 
     Example:
       >>> uniform = tf.fill([1, 2, 2], 0.25)  # variance 0.25 px^2 along x and y
-      >>> float(dsnt.variance_reg_loss(uniform, fwhm=dsnt.sigma_to_fwhm(1.0)))
+      >>> float(variance_reg_loss(uniform, fwhm=sigma_to_fwhm(1.0)))
       1.125
     """
     check_option(reduction, name="reduction", allowed=REDUCTIONS)
@@ -817,7 +817,7 @@ def average_loss(losses: TensorLike, mask: Optional[TensorLike] = None) -> tf.Te
       Scalar of the dtype of ``losses``.
 
     Example:
-      >>> float(dsnt.average_loss([[1.0, 3.0]], mask=[[True, False]]))
+      >>> float(average_loss([[1.0, 3.0]], mask=[[True, False]]))
       1.0
     """
     losses = _float_tensor(losses, "losses")
@@ -882,7 +882,7 @@ def euclidean_loss(coords: TensorLike, targets: TensorLike, mask: Optional[Tenso
       Loss in the dtype of ``coords``.
 
     Example:
-      >>> float(dsnt.euclidean_loss([[0.0, 0.0]], [[0.3, 0.4]]))
+      >>> float(euclidean_loss([[0.0, 0.0]], [[0.3, 0.4]]))
       0.5
     """
     c, d = _coord_args(coords, targets, reduction)
@@ -901,7 +901,7 @@ def mse_loss(coords: TensorLike, targets: TensorLike, mask: Optional[TensorLike]
     Arguments as :func:`euclidean_loss`.
 
     Example:
-      >>> float(dsnt.mse_loss([[0.0, 0.0]], [[0.3, 0.4]]))
+      >>> float(mse_loss([[0.0, 0.0]], [[0.3, 0.4]]))
       0.125
     """
     c, d = _coord_args(coords, targets, reduction)
@@ -915,7 +915,7 @@ def l1_loss(coords: TensorLike, targets: TensorLike, mask: Optional[TensorLike] 
     dsntnn's ``l1_losses``. Arguments as :func:`euclidean_loss`.
 
     Example:
-      >>> round(float(dsnt.l1_loss([[0.0, 0.0]], [[0.3, 0.4]])), 6)
+      >>> round(float(l1_loss([[0.0, 0.0]], [[0.3, 0.4]])), 6)
       0.35
     """
     c, d = _coord_args(coords, targets, reduction)

@@ -88,25 +88,73 @@ def normalized_to_pixel(coord: tf.Tensor, size: SizeLike, align_corners: bool = 
     taps at the kinks (pixel positions): ``(x + 1) / 2 * (n - 1)`` with
     ``align_corners``, else ``((x + 1) * n - 1) / 2`` with ``(x + 1) * n`` rounded
     (3-D), or with ``(x + 1) * n - 1`` rounded once, as the fused multiply-add of
-    the vectorised 2-D kernel (``fused=True``). In float32 each step is computed
-    exactly in float64 and rounded explicitly, so that XLA's fusion cannot change it.
+    the vectorised 2-D kernel (``fused=True``). Computed in the coordinate's own
+    dtype (no float64, so TFLite converts it) and the same with or without XLA:
+    the comment above ``_scaled_minus_one`` says how.
 
     Example:
       >>> normalized_to_pixel(tf.constant([-1., 0., 1.]), 4).numpy()
       array([-0.5,  1.5,  3.5], dtype=float32)
     """
-    dtype = coord.dtype
-    wide = tf.float64 if dtype == tf.float32 else dtype
+    shifted = coord + 1.0
+    if align_corners:   # one rounding of a product: no order of operations can change it
+        return shifted / 2.0 * (tf.cast(size, coord.dtype) - 1.0)
+    return _scaled_minus_one(shifted, size, fused) / 2.0
 
-    def rounded(value):  # one rounding to the coordinate's dtype, kept in the wide dtype
-        return tf.cast(tf.cast(value, dtype), wide) if wide != dtype else value
 
-    n = tf.cast(size, wide)
-    shifted = rounded(tf.cast(coord, wide) + 1.0)
-    if align_corners:
-        return tf.cast(shifted / 2.0 * (n - 1.0), dtype)
-    scaled = shifted * n if fused else rounded(shifted * n)
-    return tf.cast(scaled - 1.0, dtype) / 2.0
+# Why not the obvious `shifted * n - 1.0`: XLA contracts a product and a sum
+# into one fused multiply-add (measured: with jit_compile 53215 of 10**6
+# random float32 values of `x * 37 - 1` differ from TensorFlow's eager
+# result), so the same expression rounds once under XLA and twice without
+# it. Here every product is exact (Veltkamp's split of the factors into
+# halves of the significand), so contracting any of them changes nothing,
+# and the product's rounding error is carried along (Knuth's two-sum): the
+# rounding is chosen explicitly. tests/test_pytorch_taps.py checks it
+# against the same formulas computed in float64 and rounded.
+def _scaled_minus_one(s: tf.Tensor, size: SizeLike, fused: bool) -> tf.Tensor:
+    """``s * size - 1`` rounded once (``fused``) or with the product rounded first."""
+    n = tf.cast(size, s.dtype)
+    half_bits = (np.finfo(s.dtype.as_numpy_dtype).nmant + 2) // 2   # 12 for float32
+    unit = float(2 ** half_bits)
+    s_hi, s_lo = _split(s, unit)
+    n_hi = tf.floor(n / unit) * unit       # n is a whole number: both parts exact
+    n_lo = n - n_hi
+    # The split overflows before the product does; beyond 2**100 the grid is
+    # far outside the image and the plain product gives the same taps. The
+    # selects also keep Grappler's arithmetic optimiser and constant folding
+    # from reordering the sums: unguarded, it hoists common factors
+    # (`a * b + a * c -> a * (b + c)`, an inexact product), collapses chains
+    # of additions into one AddN and pushes the constant 1 into a sum.
+    small = tf.abs(s) < 2.0 ** 100
+
+    def guarded(value, otherwise):
+        return tf.where(small, value, otherwise)
+
+    hi, lo = _two_sum(guarded(s_hi * n_hi, 0.0), guarded(s_hi * n_lo, 0.0))
+    hi, lo2 = _two_sum(hi, guarded(s_lo * n_hi, 0.0))
+    lo = guarded(lo + (lo2 + s_lo * n_lo), 0.0)   # s * n == hi + lo, hi nearly its rounding
+    if fused:
+        # hi - 1 is exact where hi >= 1/2 (pixel coordinate >= -1/4). Below it
+        # may round once more, by an ulp: inside the image that moves no tap
+        # (no pixel position lies in (-1/2, -1/4)); beyond the left edge it
+        # could, at a kink that reflection padding folds back.
+        return (guarded(hi, s * n) - 1.0) + lo
+    return guarded(hi + lo, s * n) - 1.0          # the product rounded
+
+
+def _split(v: tf.Tensor, unit: float) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Veltkamp: ``v == hi + lo`` exactly, each with at most half the significand's bits."""
+    c = v * unit + v          # == round(v * (unit + 1)) however it is evaluated
+    hi = c - (c - v)
+    return hi, v - hi
+
+
+def _two_sum(a: tf.Tensor, b: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Knuth: ``a + b == total + error`` exactly, ``total`` the rounded sum."""
+    total = a + b
+    b_part = total - a
+    error = (a - (total - b_part)) + (b - b_part)
+    return total, error
 
 
 def pixel_to_normalized(coord: tf.Tensor, size: SizeLike, align_corners: bool = False) -> tf.Tensor:

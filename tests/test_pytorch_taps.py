@@ -156,3 +156,63 @@ def test_the_issues_points(path, jit):
     got, _ = tf_sample(img, grid, interpolation="nearest", align_corners=False)
     assert want[0, 1, 0, 0] == img[0, 128, 10, 0]
     assert got[0, 1, 0, 0] == want[0, 1, 0, 0]
+
+
+def rounded_in_float64(x, size, align_corners, fused):
+    """The unnormalisation PyTorch's CPU kernels round, computed in float64 and
+    rounded explicitly: the direct version of ``normalized_to_pixel``'s float32 one."""
+    f32 = lambda v: np.asarray(v, np.float64).astype(np.float32).astype(np.float64)  # noqa: E731
+    shifted = f32(x.astype(np.float64) + 1.0)
+    if align_corners:
+        return (shifted / 2.0 * (size - 1)).astype(np.float32)
+    scaled = shifted * size if fused else f32(shifted * size)
+    return (scaled - 1.0).astype(np.float32) / np.float32(2.0)
+
+
+def _graph_v1(fn):
+    """Runs ``fn`` in a ``tf.compat.v1`` graph with a Session (Grappler on)."""
+    def run(x, size):
+        with tf.Graph().as_default():
+            out = fn(tf.compat.v1.placeholder(tf.float32, [None]), size)
+            with tf.compat.v1.Session() as sess:
+                return sess.run(out, {out.graph.get_tensor_by_name("Placeholder:0"): x})
+    return run
+
+
+@pytest.mark.parametrize("size", [1, 3, 11, 255, 256, 4097, 10001, 100003])
+def test_unnormalisation_rounds_alike_on_every_path(size):
+    """The float32 arithmetic (exact products, explicit roundings) equals the float64
+    reference on every point of the scan and 20000 random ones inside the image,
+    whether run eagerly, as a graph (Grappler rewrites sums), under XLA (contracts
+    products into FMAs), in TF1, or with the size known only at run time. Beyond 4096
+    the size is split too. (Far beyond the left edge, fused, it may differ by an ulp:
+    see ``spatial_convention._scaled_minus_one``.)"""
+    x = np.concatenate([axis_points(size),
+                        np.random.default_rng(size).uniform(-1.0, 1.0, 20000)]).astype(np.float32)
+    fn = spatial_convention.normalized_to_pixel
+    paths = {
+        "eager": lambda v, n, *o: fn(tf.constant(v), n, *o).numpy(),
+        "graph": lambda v, n, *o: tf.function(lambda t: fn(t, n, *o))(tf.constant(v)).numpy(),
+        "xla": lambda v, n, *o: tf.function(lambda t: fn(t, n, *o), jit_compile=True)(
+            tf.constant(v)).numpy(),
+        "run-time size": lambda v, n, *o: tf.function(lambda t, m: fn(t, m, *o))(
+            tf.constant(v), tf.constant(n)).numpy(),
+        "run-time size, xla": lambda v, n, *o: tf.function(lambda t, m: fn(t, m, *o), jit_compile=True)(
+            tf.constant(v), tf.constant(n)).numpy(),
+        "tf1": lambda v, n, *o: _graph_v1(lambda t, m: fn(t, m, *o))(v, n),
+    }
+    counts = {}
+    for align_corners, fused in [(False, False), (False, True), (True, False)]:
+        want = rounded_in_float64(x, size, align_corners, fused)
+        for name, run in paths.items():
+            got = run(x, size, align_corners, fused)
+            counts[f"{name}, align_corners={align_corners}, fused={fused}"] = int(np.sum(got != want))
+    assert counts == dict.fromkeys(counts, 0), f"differences out of {x.size}: {counts}"
+
+
+def test_unnormalisation_keeps_non_finite_and_huge_coordinates():
+    x = tf.constant([np.nan, np.inf, -np.inf, 3e38, -3e38, 1e30], tf.float32)
+    got = spatial_convention.normalized_to_pixel(x, 10, fused=True).numpy()
+    assert np.isnan(got[0])
+    np.testing.assert_array_equal(got[1:5], [np.inf, -np.inf, np.inf, -np.inf])
+    np.testing.assert_allclose(got[5], 5e30, rtol=1e-6)

@@ -30,9 +30,10 @@ nitpicky = True
 nitpick_ignore_regex = [
     (r"py:.*", r"(tf|tensorflow|np|numpy|keras|snt|sonnet|typing|collections)\..*"),
     (r"py:.*", r"(Any|Callable|List|Literal|Optional|Sequence|Tuple|Union|Dict)"),
-    (r"py:.*", r"(TensorLike|SizeLike|Size|PaddingMode|Interpolation|Units|IntOrInts|Padding)"),
-    (r"py:.*", r"(stn|spatial_convention|coordconv)\.(TensorLike|SizeLike|Size|PaddingMode|"
-               r"Interpolation|Units|IntOrInts|Padding)"),
+    (r"py:.*", r"(TensorLike|SizeLike|Size|PaddingMode|Interpolation|Units|IntOrInts|Padding|"
+               r"Method|Reduction)"),
+    (r"py:.*", r"(stn|spatial_convention|coordconv|dsnt)\.(TensorLike|SizeLike|Size|PaddingMode|"
+               r"Interpolation|Units|IntOrInts|Padding|Method|Reduction)"),
     (r"py:class", r"(optional|default .*|callable|int|float|bool|str|.*\.Tensor|Tensor)"),
     (r"py:class", r".*\._\w+"),   # private base classes of the shells
 ]
