@@ -322,6 +322,17 @@ def stratified_split(rng, labels, test_fraction):
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
+def spread_over_classes(labels, n):
+    """Indices of n examples taking the classes in turn (first of each, then second, ...)."""
+    per_class = [list(np.flatnonzero(labels == k)) for k in np.unique(labels)]
+    idx = []
+    while len(idx) < min(n, len(labels)):
+        for ids in per_class:
+            if ids and len(idx) < n:
+                idx.append(ids.pop(0))
+    return np.array(idx)
+
+
 def build_dataset(cfg):
     """Train / test arrays for a config (see experiments.config.Config).
 

@@ -270,8 +270,7 @@ def train_one(cfg, variant, seed, ds, run_dir, strategy=None, chief=True, chief_
     writer = None
     if cfg.tensorboard and chief:
         writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb"))
-    from experiments.figures import spread_over_classes
-    grid_idx = spread_over_classes(y_te, GRID_N)
+    grid_idx = data_lib.spread_over_classes(y_te, GRID_N)
     grid_x = x_te[grid_idx]
     n_batches = int(np.ceil(len(x_tr) / cfg.batch_size))
     step, t0 = (start - 1) * n_batches, time.time()
@@ -517,8 +516,7 @@ def _run(cfg, argv):
                             os.path.join(out, "curves.png"),
                             "mean over seeds (band: min-max)" if len(cfg.seeds) > 1 else "")
         if warped_by_variant:
-            from experiments.figures import spread_over_classes
-            grid_idx = spread_over_classes(ds["y_test"], GRID_N)
+            grid_idx = data_lib.spread_over_classes(ds["y_test"], GRID_N)
             plots.transform_grid_figure(ds["x_test"][grid_idx], warped_by_variant,
                                         os.path.join(out, "transforms.png"),
                                         labels=ds["y_test"][grid_idx])

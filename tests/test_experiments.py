@@ -523,7 +523,6 @@ def test_smoke_tps_variant(variant, tmp_path):
 
 
 def test_spread_over_classes_takes_classes_in_turn():
-    from experiments.figures import spread_over_classes
     labels = np.array([0, 0, 0, 1, 1, 2])
-    assert spread_over_classes(labels, 5).tolist() == [0, 3, 5, 1, 4]
-    assert spread_over_classes(labels, 10).tolist() == [0, 3, 5, 1, 4, 2]
+    assert data_lib.spread_over_classes(labels, 5).tolist() == [0, 3, 5, 1, 4]
+    assert data_lib.spread_over_classes(labels, 10).tolist() == [0, 3, 5, 1, 4, 2]
