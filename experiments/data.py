@@ -126,7 +126,7 @@ def random_thetas(rng, n, rotation=45.0, scale=(0.7, 1.2), translation=0.2):
     return np.concatenate([A, t[:, :, None]], -1)
 
 
-def warp(source, theta, canvas, box):
+def warp_into_canvas(source, theta, canvas, box):
     """Resamples one source image into a `canvas` x `canvas` image.
 
     The source (any square-ish [h, w]) fills a centred `box`-pixel square of
@@ -175,7 +175,7 @@ def distort_set(rng, sources, labels, copies, canvas, box, rotation, scale,
     n = len(sources)
     idx = np.tile(np.arange(n), copies)
     thetas = random_thetas(rng, len(idx), rotation, scale, translation)
-    imgs = np.stack([warp(sources[i], th, canvas, box) for i, th in zip(idx, thetas)])
+    imgs = np.stack([warp_into_canvas(sources[i], th, canvas, box) for i, th in zip(idx, thetas)])
     if clutter > 0:
         # fragments come from other distorted digits of the same split
         imgs = add_clutter(rng, imgs, imgs[rng.permutation(len(imgs))], clutter,
