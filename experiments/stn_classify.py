@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow as tf  # noqa: E402
 
 from experiments import data as data_lib
+from experiments import distribute
 from experiments import models
 from experiments import tb
 from experiments.config import VARIANTS, build_parser, config_from_args
@@ -63,78 +64,6 @@ def count_params(module):
     return int(sum(np.prod(v.shape) for v in module.trainable_variables))
 
 
-# ---------------------------------------------------------------- distribution
-
-def _split_cpu(n):
-    """Makes the first CPU appear as `n` logical devices (before TF starts)."""
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    current = tf.config.get_logical_device_configuration(cpu)
-    if n == (len(current) if current else 1):
-        return
-    try:
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(n)])
-    except RuntimeError as e:
-        raise ValueError(f"cpu_replicas={n} must be set before TensorFlow starts (the "
-                         "runtime is already initialised in this process); run "
-                         "`python -m experiments.stn_classify` in a fresh process") from e
-
-
-def make_strategy(cfg):
-    """The tf.distribute strategy named by cfg.strategy.
-
-    default: TensorFlow's default (no-op) strategy, one replica. mirrored:
-    MirroredStrategy over this machine's GPUs, or with none over
-    cfg.cpu_replicas logical CPU devices. multiworker:
-    MultiWorkerMirroredStrategy, the cluster and this process's role read
-    from the TF_CONFIG environment variable (no TF_CONFIG: one local worker).
-    mirrored with CPU replicas and multiworker must be created before
-    TensorFlow's runtime starts (the runner does so before building data).
-    """
-    if cfg.strategy == "default":
-        return tf.distribute.get_strategy()
-    if cfg.strategy == "mirrored":
-        if tf.config.list_physical_devices("GPU"):
-            return tf.distribute.MirroredStrategy()
-        _split_cpu(cfg.cpu_replicas)
-        devices = [d.name for d in tf.config.list_logical_devices("CPU")][:cfg.cpu_replicas]
-        return tf.distribute.MirroredStrategy(
-            devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
-    if cfg.strategy == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise ValueError(f"strategy must be default, mirrored or multiworker; got {cfg.strategy!r}")
-
-
-def worker_role(strategy):
-    """(task type, task index, is_chief) of this process in its cluster."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    task_type = getattr(resolver, "task_type", None)
-    task_id = getattr(resolver, "task_id", None) or 0
-    if task_type is None:
-        return None, 0, True
-    cluster = resolver.cluster_spec().as_dict()
-    chief = task_type == "chief" or (task_type == "worker" and task_id == 0
-                                     and "chief" not in cluster)
-    return task_type, task_id, chief
-
-
-def distribute(strategy, array):
-    """One global batch -> each replica's contiguous share, in replica order.
-
-    Replica r of R takes rows [r n // R, (r + 1) n // R): the replicas
-    together see exactly the batch a single process would see, whatever R.
-    Every worker holds the same arrays (the data are built from data_seed),
-    so it cuts its own replicas' shares locally.
-    """
-    n, replicas = len(array), strategy.num_replicas_in_sync
-
-    def share(ctx):
-        r = ctx.replica_id_in_sync_group
-        return tf.constant(array[r * n // replicas:(r + 1) * n // replicas])
-
-    return strategy.experimental_distribute_values_from_function(share)
-
-
 def evaluate(model, x, y, batch_size=256, strategy=None, predict=None):
     """Mean NLL, accuracy, predictions over (x, y), batched.
 
@@ -147,7 +76,7 @@ def evaluate(model, x, y, batch_size=256, strategy=None, predict=None):
         if strategy is None:
             out = model(tf.constant(x[i:i + batch_size]))
         else:
-            out = predict(distribute(strategy, x[i:i + batch_size]))
+            out = predict(distribute.split_over_replicas(strategy, x[i:i + batch_size]))
         logits.append(out.numpy())
     logits = np.concatenate(logits).astype(np.float64)
     logp = logits - logits.max(1, keepdims=True)
@@ -282,8 +211,8 @@ def train_one(cfg, variant, seed, ds, run_dir, strategy=None, chief=True, chief_
         losses = []
         for b in range(n_batches):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            loss = float(train_step(distribute(strategy, x_tr[idx]),
-                                    distribute(strategy, y_tr[idx]),
+            loss = float(train_step(distribute.split_over_replicas(strategy, x_tr[idx]),
+                                    distribute.split_over_replicas(strategy, y_tr[idx]),
                                     tf.constant(len(idx), tf.float32)))
             if not np.isfinite(loss):
                 raise FloatingPointError(f"{label}: loss became {loss} at epoch {epoch}")
@@ -448,8 +377,8 @@ def _run(cfg, argv):
     t0 = time.time()
     # The strategy first: multi-worker and CPU-split strategies must be set
     # up before TensorFlow's runtime starts (building the data starts it).
-    strategy = make_strategy(cfg)
-    task_type, task_id, chief = worker_role(strategy)
+    strategy = distribute.make_strategy(cfg)
+    task_type, task_id, chief = distribute.worker_role(strategy)
     replicas = strategy.num_replicas_in_sync
     if cfg.batch_size < replicas:
         raise ValueError(f"batch_size (the global batch) must be >= the number of replicas "
@@ -472,9 +401,7 @@ def _run(cfg, argv):
         _log(cfg, f"note: uncommitted changes in {', '.join(code['uncommitted'])} "
                   "(recorded in results.json)")
     devices = [d.name for d in tf.config.list_logical_devices()]
-    workers = 1 if task_type is None else len(
-        strategy.cluster_resolver.cluster_spec().as_dict().get("worker", [])) + len(
-        strategy.cluster_resolver.cluster_spec().as_dict().get("chief", []))
+    workers = distribute.worker_count(strategy)
     distribution = dict(strategy=cfg.strategy, replicas=replicas, workers=workers,
                         task=None if task_type is None else f"{task_type}:{task_id}",
                         chief=chief, global_batch=cfg.batch_size,
