@@ -126,7 +126,7 @@ def random_thetas(rng, n, rotation=45.0, scale=(0.7, 1.2), translation=0.2):
     return np.concatenate([A, t[:, :, None]], -1)
 
 
-def warp(source, theta, canvas, box):
+def warp_into_canvas(source, theta, canvas, box):
     """Resamples one source image into a `canvas` x `canvas` image.
 
     The source (any square-ish [h, w]) fills a centred `box`-pixel square of
@@ -175,7 +175,7 @@ def distort_set(rng, sources, labels, copies, canvas, box, rotation, scale,
     n = len(sources)
     idx = np.tile(np.arange(n), copies)
     thetas = random_thetas(rng, len(idx), rotation, scale, translation)
-    imgs = np.stack([warp(sources[i], th, canvas, box) for i, th in zip(idx, thetas)])
+    imgs = np.stack([warp_into_canvas(sources[i], th, canvas, box) for i, th in zip(idx, thetas)])
     if clutter > 0:
         # fragments come from other distorted digits of the same split
         imgs = add_clutter(rng, imgs, imgs[rng.permutation(len(imgs))], clutter,
@@ -320,6 +320,17 @@ def stratified_split(rng, labels, test_fraction):
         test.append(ids[:n_test])
         train.append(ids[n_test:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def spread_over_classes(labels, n):
+    """Indices of n examples taking the classes in turn (first of each, then second, ...)."""
+    per_class = [list(np.flatnonzero(labels == k)) for k in np.unique(labels)]
+    idx = []
+    while len(idx) < min(n, len(labels)):
+        for ids in per_class:
+            if ids and len(idx) < n:
+                idx.append(ids.pop(0))
+    return np.array(idx)
 
 
 def build_dataset(cfg):

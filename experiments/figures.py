@@ -21,17 +21,6 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def spread_over_classes(labels, n):
-    """Indices of n examples taking the classes in turn (first of each, then second, ...)."""
-    per_class = [list(np.flatnonzero(labels == k)) for k in np.unique(labels)]
-    idx = []
-    while len(idx) < min(n, len(labels)):
-        for ids in per_class:
-            if ids and len(idx) < n:
-                idx.append(ids.pop(0))
-    return np.array(idx)
-
-
 def transformed(out_dir, n, seed=None):
     """(distortion, inputs [n, S, S, 1], labels, {variant: outputs}) for one run dir."""
     import tensorflow as tf
@@ -43,7 +32,7 @@ def transformed(out_dir, n, seed=None):
     cfg = config_lib.Config(**doc["config"])
     seed = cfg.seeds[0] if seed is None else seed
     ds = data_lib.build_dataset(cfg)
-    idx = spread_over_classes(ds["y_test"], n)
+    idx = data_lib.spread_over_classes(ds["y_test"], n)
     x, y = ds["x_test"][idx], ds["y_test"][idx]
     outputs = {}
     for variant in cfg.variants:

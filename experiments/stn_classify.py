@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow as tf  # noqa: E402
 
 from experiments import data as data_lib
+from experiments import distribute
 from experiments import models
 from experiments import tb
 from experiments.config import VARIANTS, build_parser, config_from_args
@@ -63,78 +64,6 @@ def count_params(module):
     return int(sum(np.prod(v.shape) for v in module.trainable_variables))
 
 
-# ---------------------------------------------------------------- distribution
-
-def _split_cpu(n):
-    """Makes the first CPU appear as `n` logical devices (before TF starts)."""
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    current = tf.config.get_logical_device_configuration(cpu)
-    if n == (len(current) if current else 1):
-        return
-    try:
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(n)])
-    except RuntimeError as e:
-        raise ValueError(f"cpu_replicas={n} must be set before TensorFlow starts (the "
-                         "runtime is already initialised in this process); run "
-                         "`python -m experiments.stn_classify` in a fresh process") from e
-
-
-def make_strategy(cfg):
-    """The tf.distribute strategy named by cfg.strategy.
-
-    default: TensorFlow's default (no-op) strategy, one replica. mirrored:
-    MirroredStrategy over this machine's GPUs, or with none over
-    cfg.cpu_replicas logical CPU devices. multiworker:
-    MultiWorkerMirroredStrategy, the cluster and this process's role read
-    from the TF_CONFIG environment variable (no TF_CONFIG: one local worker).
-    mirrored with CPU replicas and multiworker must be created before
-    TensorFlow's runtime starts (the runner does so before building data).
-    """
-    if cfg.strategy == "default":
-        return tf.distribute.get_strategy()
-    if cfg.strategy == "mirrored":
-        if tf.config.list_physical_devices("GPU"):
-            return tf.distribute.MirroredStrategy()
-        _split_cpu(cfg.cpu_replicas)
-        devices = [d.name for d in tf.config.list_logical_devices("CPU")][:cfg.cpu_replicas]
-        return tf.distribute.MirroredStrategy(
-            devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
-    if cfg.strategy == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise ValueError(f"strategy must be default, mirrored or multiworker; got {cfg.strategy!r}")
-
-
-def worker_role(strategy):
-    """(task type, task index, is_chief) of this process in its cluster."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    task_type = getattr(resolver, "task_type", None)
-    task_id = getattr(resolver, "task_id", None) or 0
-    if task_type is None:
-        return None, 0, True
-    cluster = resolver.cluster_spec().as_dict()
-    chief = task_type == "chief" or (task_type == "worker" and task_id == 0
-                                     and "chief" not in cluster)
-    return task_type, task_id, chief
-
-
-def distribute(strategy, array):
-    """One global batch -> each replica's contiguous share, in replica order.
-
-    Replica r of R takes rows [r n // R, (r + 1) n // R): the replicas
-    together see exactly the batch a single process would see, whatever R.
-    Every worker holds the same arrays (the data are built from data_seed),
-    so it cuts its own replicas' shares locally.
-    """
-    n, replicas = len(array), strategy.num_replicas_in_sync
-
-    def share(ctx):
-        r = ctx.replica_id_in_sync_group
-        return tf.constant(array[r * n // replicas:(r + 1) * n // replicas])
-
-    return strategy.experimental_distribute_values_from_function(share)
-
-
 def evaluate(model, x, y, batch_size=256, strategy=None, predict=None):
     """Mean NLL, accuracy, predictions over (x, y), batched.
 
@@ -147,7 +76,7 @@ def evaluate(model, x, y, batch_size=256, strategy=None, predict=None):
         if strategy is None:
             out = model(tf.constant(x[i:i + batch_size]))
         else:
-            out = predict(distribute(strategy, x[i:i + batch_size]))
+            out = predict(distribute.split_over_replicas(strategy, x[i:i + batch_size]))
         logits.append(out.numpy())
     logits = np.concatenate(logits).astype(np.float64)
     logp = logits - logits.max(1, keepdims=True)
@@ -201,8 +130,36 @@ def _keras_adam(lr):
     return keras.optimizers.Adam(lr)
 
 
+@dataclasses.dataclass
+class _Run:
+    """One (variant, seed) run: its settings, where it writes, and the trained state.
+
+    `train_step` and `predict` are the compiled replica-parallel steps;
+    `manager` is None without checkpoints; `scratch` is a non-chief
+    worker's throw-away checkpoint directory; `history` holds the epoch
+    records so far (restored ones included).
+    """
+    cfg: object
+    variant: str
+    seed: int
+    run_dir: str
+    strategy: object
+    chief: bool
+    model: object
+    epoch_done: tf.Variable
+    train_step: object
+    predict: object
+    manager: object
+    scratch: object
+    history: list
+
+    @property
+    def label(self):
+        return f"{self.variant} seed {self.seed}"
+
+
 def train_one(cfg, variant, seed, ds, run_dir, strategy=None, chief=True, chief_dir=None):
-    """Trains one model; returns its result dict (and writes run_dir files).
+    """Trains one model; returns its result dict and its outputs on the figure grid.
 
     Under a tf.distribute strategy the variables are mirrored, every global
     batch of cfg.batch_size examples is split over the replicas, each
@@ -214,13 +171,20 @@ def train_one(cfg, variant, seed, ds, run_dir, strategy=None, chief=True, chief_
     worker finds the checkpoint to resume from.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    replicas = strategy.num_replicas_in_sync
+    run = _set_up_and_resume(cfg, variant, seed, ds["x_train"][:1], run_dir, strategy, chief,
+                             chief_dir or run_dir)
+    grid_idx = data_lib.spread_over_classes(ds["y_test"], GRID_N)
+    t0 = time.time()
+    _train_epochs(run, ds, ds["x_test"][grid_idx], t0)
+    return _report(run, ds, grid_idx, t0)
+
+
+def _set_up_and_resume(cfg, variant, seed, x_example, run_dir, strategy, chief, chief_dir):
+    """Builds the model, optimizer and compiled steps; restores the chief's checkpoint."""
     tf.random.set_seed(seed)
-    rng = np.random.default_rng(seed)
-    x_tr, y_tr, x_te, y_te = ds["x_train"], ds["y_train"], ds["x_test"], ds["y_test"]
     with strategy.scope():
         model = models.build_model(variant, cfg, NUM_CLASSES)
-        model(tf.constant(x_tr[:1]))   # create variables eagerly, deterministic order
+        model(tf.constant(x_example))   # create variables eagerly, deterministic order
         opt = _keras_adam(cfg.lr)
         opt.build(model.trainable_variables)
         epoch_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
@@ -258,24 +222,30 @@ def train_one(cfg, variant, seed, ds, run_dir, strategy=None, chief=True, chief_
     history = []
     if cfg.resume and manager is not None:
         # every worker restores the chief's checkpoint (a shared directory on a cluster)
-        latest = tf.train.latest_checkpoint(os.path.join(chief_dir or run_dir, "ckpt"))
+        latest = tf.train.latest_checkpoint(os.path.join(chief_dir, "ckpt"))
         if latest:
             ckpt.restore(latest).assert_existing_objects_matched()
-            hist_path = os.path.join(chief_dir or run_dir, "history.json")
+            hist_path = os.path.join(chief_dir, "history.json")
             if os.path.exists(hist_path):
                 with open(hist_path) as f:
                     history = json.load(f)[:int(epoch_done.numpy())]
-    start = int(epoch_done.numpy()) + 1
+    return _Run(cfg=cfg, variant=variant, seed=seed, run_dir=run_dir, strategy=strategy,
+                chief=chief, model=model, epoch_done=epoch_done, train_step=train_step,
+                predict=predict, manager=manager, scratch=scratch, history=history)
 
+
+def _train_epochs(run, ds, grid_x, t0):
+    """The epochs from the first not yet done to cfg.epochs: train, evaluate,
+    checkpoint, log. Appends one record per epoch to run.history."""
+    cfg, strategy, model = run.cfg, run.strategy, run.model
+    x_tr, y_tr, x_te, y_te = ds["x_train"], ds["y_train"], ds["x_test"], ds["y_test"]
+    rng = np.random.default_rng(run.seed)
+    start = int(run.epoch_done.numpy()) + 1
     writer = None
-    if cfg.tensorboard and chief:
-        writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb"))
-    from experiments.figures import spread_over_classes
-    grid_idx = spread_over_classes(y_te, GRID_N)
-    grid_x = x_te[grid_idx]
+    if cfg.tensorboard and run.chief:
+        writer = tf.summary.create_file_writer(os.path.join(run.run_dir, "tb"))
     n_batches = int(np.ceil(len(x_tr) / cfg.batch_size))
-    step, t0 = (start - 1) * n_batches, time.time()
-    label = f"{variant} seed {seed}"
+    step = (start - 1) * n_batches
     for _ in range(1, start):
         rng.permutation(len(x_tr))      # the batch orders of the epochs already done
     for epoch in range(start, cfg.epochs + 1):
@@ -283,28 +253,30 @@ def train_one(cfg, variant, seed, ds, run_dir, strategy=None, chief=True, chief_
         losses = []
         for b in range(n_batches):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            loss = float(train_step(distribute(strategy, x_tr[idx]),
-                                    distribute(strategy, y_tr[idx]),
-                                    tf.constant(len(idx), tf.float32)))
+            loss = float(run.train_step(distribute.split_over_replicas(strategy, x_tr[idx]),
+                                        distribute.split_over_replicas(strategy, y_tr[idx]),
+                                        tf.constant(len(idx), tf.float32)))
             if not np.isfinite(loss):
-                raise FloatingPointError(f"{label}: loss became {loss} at epoch {epoch}")
+                raise FloatingPointError(f"{run.label}: loss became {loss} at epoch {epoch}")
             losses.append(loss)
             step += 1
             if writer is not None and step % cfg.log_every == 0:
                 with writer.as_default():
                     tb.scalar("train/step_loss", loss, step=step)
-            _progress(cfg, f"{label} epoch {epoch}/{cfg.epochs}", b + 1, n_batches)
-        test_nll, test_acc, _ = evaluate(model, x_te, y_te, strategy=strategy, predict=predict)
+            _progress(cfg, f"{run.label} epoch {epoch}/{cfg.epochs}", b + 1, n_batches)
+        test_nll, test_acc, _ = evaluate(model, x_te, y_te, strategy=strategy,
+                                         predict=run.predict)
         rec = dict(epoch=epoch, train_loss=float(np.mean(losses)), test_nll=test_nll,
                    test_accuracy=test_acc, seconds=time.time() - t0,
                    weights_sha1=weights_digest(model))
-        history.append(rec)
-        epoch_done.assign(epoch)
-        if manager is not None and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
-            manager.save(checkpoint_number=epoch)
-            if chief:
-                with open(os.path.join(run_dir, "history.json"), "w") as f:
-                    json.dump(history, f)
+        run.history.append(rec)
+        run.epoch_done.assign(epoch)
+        if run.manager is not None and (epoch % cfg.checkpoint_every == 0
+                                        or epoch == cfg.epochs):
+            run.manager.save(checkpoint_number=epoch)
+            if run.chief:
+                with open(os.path.join(run.run_dir, "history.json"), "w") as f:
+                    json.dump(run.history, f)
         if writer is not None:
             with writer.as_default():
                 tb.scalar("epoch/train_loss", rec["train_loss"], step=epoch)
@@ -317,22 +289,33 @@ def train_one(cfg, variant, seed, ds, run_dir, strategy=None, chief=True, chief_
                              max_outputs=6)
         if not cfg.quiet:
             print("\r" if sys.stdout.isatty() else "", end="")
-        _log(cfg, f"{label} epoch {epoch:2d}/{cfg.epochs}: train loss {rec['train_loss']:.4f}  "
-                  f"test NLL {test_nll:.4f}  test acc {100 * test_acc:.2f}%  "
-                  f"({rec['seconds']:.0f} s)")
-    if scratch is not None:
+        _log(cfg, f"{run.label} epoch {epoch:2d}/{cfg.epochs}: train loss "
+                  f"{rec['train_loss']:.4f}  test NLL {test_nll:.4f}  "
+                  f"test acc {100 * test_acc:.2f}%  ({rec['seconds']:.0f} s)")
+    if run.scratch is not None:
         import shutil
-        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(run.scratch, ignore_errors=True)
     if writer is not None:
         writer.flush()
         writer.close()
-    test_nll, test_acc, pred = evaluate(model, x_te, y_te, strategy=strategy, predict=predict)
+
+
+def _report(run, ds, grid_idx, t0):
+    """Final test metrics, results.json, weights and per-run figures.
+
+    Returns (result dict, the model's outputs on the test images grid_idx).
+    """
+    cfg, model, replicas = run.cfg, run.model, run.strategy.num_replicas_in_sync
+    x_te, y_te = ds["x_test"], ds["y_test"]
+    grid_x = x_te[grid_idx]
+    test_nll, test_acc, pred = evaluate(model, x_te, y_te, strategy=run.strategy,
+                                        predict=run.predict)
     cm = confusion_matrix(y_te, pred)
-    result = dict(variant=variant, seed=seed, test_accuracy=test_acc, test_nll=test_nll,
-                  params=count_params(model), train_seconds=time.time() - t0,
-                  replicas=replicas, global_batch=cfg.batch_size,
-                  per_replica_batch=cfg.batch_size / replicas,
-                  weights_sha1=weights_digest(model), history=history,
+    result = dict(variant=run.variant, seed=run.seed, test_accuracy=test_acc,
+                  test_nll=test_nll, params=count_params(model),
+                  train_seconds=time.time() - t0, replicas=replicas,
+                  global_batch=cfg.batch_size, per_replica_batch=cfg.batch_size / replicas,
+                  weights_sha1=weights_digest(model), history=run.history,
                   confusion=cm.tolist())
     if isinstance(model, models.STNClassifier):
         stats = theta_stats(model, x_te)
@@ -340,18 +323,18 @@ def train_one(cfg, variant, seed, ds, run_dir, strategy=None, chief=True, chief_
             result["theta_test"] = stats
     warped = model.transform_images(tf.constant(grid_x)).numpy()
     if cfg.save_weights:
-        np.savez(os.path.join(run_dir, "weights.npz"),
+        np.savez(os.path.join(run.run_dir, "weights.npz"),
                  **{f"{i:03d}_{v.name}": v.numpy() for i, v in enumerate(model.trainable_variables)})
-    with open(os.path.join(run_dir, "results.json"), "w") as f:
+    with open(os.path.join(run.run_dir, "results.json"), "w") as f:
         json.dump(result, f, indent=1)
-    if cfg.figures and chief:
+    if cfg.figures and run.chief:
         from experiments import plots
-        plots.confusion_figure(cm, os.path.join(run_dir, "confusion.png"),
-                               f"{label}: acc {100 * test_acc:.1f}%")
-        plots.curves_figure({label: [history]}, os.path.join(run_dir, "curves.png"))
+        plots.confusion_figure(cm, os.path.join(run.run_dir, "confusion.png"),
+                               f"{run.label}: acc {100 * test_acc:.1f}%")
+        plots.curves_figure({run.label: [run.history]}, os.path.join(run.run_dir, "curves.png"))
         if isinstance(model, models.STNClassifier):
-            plots.transform_grid_figure(grid_x, {variant: np.clip(warped, 0, 1)},
-                                        os.path.join(run_dir, "transforms.png"),
+            plots.transform_grid_figure(grid_x, {run.variant: np.clip(warped, 0, 1)},
+                                        os.path.join(run.run_dir, "transforms.png"),
                                         labels=y_te[grid_idx])
     return result, warped
 
@@ -449,8 +432,8 @@ def _run(cfg, argv):
     t0 = time.time()
     # The strategy first: multi-worker and CPU-split strategies must be set
     # up before TensorFlow's runtime starts (building the data starts it).
-    strategy = make_strategy(cfg)
-    task_type, task_id, chief = worker_role(strategy)
+    strategy = distribute.make_strategy(cfg)
+    task_type, task_id, chief = distribute.worker_role(strategy)
     replicas = strategy.num_replicas_in_sync
     if cfg.batch_size < replicas:
         raise ValueError(f"batch_size (the global batch) must be >= the number of replicas "
@@ -473,9 +456,7 @@ def _run(cfg, argv):
         _log(cfg, f"note: uncommitted changes in {', '.join(code['uncommitted'])} "
                   "(recorded in results.json)")
     devices = [d.name for d in tf.config.list_logical_devices()]
-    workers = 1 if task_type is None else len(
-        strategy.cluster_resolver.cluster_spec().as_dict().get("worker", [])) + len(
-        strategy.cluster_resolver.cluster_spec().as_dict().get("chief", []))
+    workers = distribute.worker_count(strategy)
     distribution = dict(strategy=cfg.strategy, replicas=replicas, workers=workers,
                         task=None if task_type is None else f"{task_type}:{task_id}",
                         chief=chief, global_batch=cfg.batch_size,
@@ -517,8 +498,7 @@ def _run(cfg, argv):
                             os.path.join(out, "curves.png"),
                             "mean over seeds (band: min-max)" if len(cfg.seeds) > 1 else "")
         if warped_by_variant:
-            from experiments.figures import spread_over_classes
-            grid_idx = spread_over_classes(ds["y_test"], GRID_N)
+            grid_idx = data_lib.spread_over_classes(ds["y_test"], GRID_N)
             plots.transform_grid_figure(ds["x_test"][grid_idx], warped_by_variant,
                                         os.path.join(out, "transforms.png"),
                                         labels=ds["y_test"][grid_idx])

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from experiments import config as config_lib
+from experiments import distribute
 from experiments import stn_classify
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,7 +136,7 @@ def test_uneven_last_batch_is_split_without_loss_or_repeat():
     """A 5-example batch over 2 replicas: shares of 2 and 3, in order."""
     import tensorflow as tf
     strategy = tf.distribute.get_strategy()
-    dist = stn_classify.distribute(strategy, np.arange(5))
+    dist = distribute.split_over_replicas(strategy, np.arange(5))
     np.testing.assert_array_equal(strategy.experimental_local_results(dist)[0], np.arange(5))
 
     class Ctx:
@@ -148,7 +149,7 @@ def test_uneven_last_batch_is_split_without_loss_or_repeat():
         def experimental_distribute_values_from_function(self, fn):
             return [fn(Ctx(r)).numpy() for r in range(2)]
 
-    shares = stn_classify.distribute(TwoReplicas(), np.arange(5))
+    shares = distribute.split_over_replicas(TwoReplicas(), np.arange(5))
     assert [s.tolist() for s in shares] == [[0, 1], [2, 3, 4]]
 
 

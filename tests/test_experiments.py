@@ -59,32 +59,32 @@ def test_help_lists_options_and_variants(capsys):
 
 # ---------------------------------------------------------------- data
 
-def test_warp_identity_reproduces_source_exactly():
+def test_warp_into_canvas_identity_reproduces_source_exactly():
     src = np.random.default_rng(0).random((12, 12)).astype(np.float32)
-    out = data_lib.warp(src, np.array([[1.0, 0, 0], [0, 1.0, 0]]), canvas=12, box=12)
+    out = data_lib.warp_into_canvas(src, np.array([[1.0, 0, 0], [0, 1.0, 0]]), canvas=12, box=12)
     np.testing.assert_allclose(out, src, atol=1e-6)
 
 
-def test_warp_rotation_and_translation_match_array_ops():
+def test_warp_into_canvas_rotation_and_translation_match_array_ops():
     src = np.zeros((10, 10), np.float32)
     src[2:5, 3:8] = 1.0
     src[6, 1] = 0.5
     # theta maps output -> input; output (x, y) reads input (y, -x): a 90-degree
     # rotation; with x along columns that is np.rot90 clockwise.
-    rot = data_lib.warp(src, np.array([[0.0, 1, 0], [-1.0, 0, 0]]), canvas=10, box=10)
+    rot = data_lib.warp_into_canvas(src, np.array([[0.0, 1, 0], [-1.0, 0, 0]]), canvas=10, box=10)
     np.testing.assert_allclose(rot, np.rot90(src, k=-1), atol=1e-6)
     # translation of +0.4 normalised = +2 px (half-width 5 px): output x reads input x + 2
-    sh = data_lib.warp(src, np.array([[1.0, 0, 0.4], [0, 1.0, 0]]), canvas=10, box=10)
+    sh = data_lib.warp_into_canvas(src, np.array([[1.0, 0, 0.4], [0, 1.0, 0]]), canvas=10, box=10)
     want = np.zeros_like(src)
     want[:, :8] = src[:, 2:]
     np.testing.assert_allclose(sh, want, atol=1e-6)
 
 
-def test_warp_box_upscales_into_canvas_centre():
+def test_warp_into_canvas_upscales_source_into_centred_box():
     # identity theta, 6x6 source into a 12 px box of a 24 px canvas equals a 2x
     # bilinear (half-pixel-centre) resize of the source zero-padded to 12x12
     src = np.random.default_rng(2).random((6, 6)).astype(np.float32)
-    out = data_lib.warp(src, np.array([[1.0, 0, 0], [0, 1.0, 0]]), canvas=24, box=12)
+    out = data_lib.warp_into_canvas(src, np.array([[1.0, 0, 0], [0, 1.0, 0]]), canvas=24, box=12)
     want = tf.image.resize(np.pad(src, 3)[None, ..., None], [24, 24], "bilinear")
     np.testing.assert_allclose(out, want.numpy()[0, ..., 0], atol=1e-5)
     assert out[:4].max() == 0 and out[:, 20:].max() == 0
@@ -113,7 +113,7 @@ def _stn_available():
 
 
 @pytest.mark.skipif(not _stn_available(), reason="stn.py not present yet")
-def test_data_warp_uses_the_stn_convention():
+def test_warp_into_canvas_uses_the_stn_convention():
     """The generator's theta means what the STN's theta means: warping the
     same image by the same theta with scipy and with stn agrees."""
     import stn
@@ -121,7 +121,7 @@ def test_data_warp_uses_the_stn_convention():
     img = np.zeros((20, 20), np.float32)
     img[4:16, 6:14] = rng.random((12, 8))
     th = data_lib.random_thetas(rng, 4, rotation=40, scale=(0.8, 1.2), translation=0.2)
-    ours = np.stack([data_lib.warp(img, t, canvas=20, box=20) for t in th])
+    ours = np.stack([data_lib.warp_into_canvas(img, t, canvas=20, box=20) for t in th])
     theirs = stn.spatial_transformer_network(
         tf.constant(np.broadcast_to(img[None, ..., None], (4, 20, 20, 1))),
         tf.constant(th, tf.float32)).numpy()[..., 0]
@@ -382,11 +382,12 @@ def test_paper_affine_distortions_match_scipy(name):
                                              name if name != "cluttered" else "RTS")
     if name != "cluttered":
         np.testing.assert_allclose(theta_src, theta * r["canvas"] / r["box"], rtol=1e-12)
-        want = np.stack([data_lib.warp(s, t, r["canvas"], r["box"]) for s, t in zip(src, theta)])
+        want = np.stack([data_lib.warp_into_canvas(s, t, r["canvas"], r["box"])
+                         for s, t in zip(src, theta)])
         np.testing.assert_allclose(ours, want, atol=2e-5)
     else:   # without clutter: a translation of the native-size digit in a 60 px canvas
         sampled = data_lib._sample(src, theta=theta * 60 / 28, canvas=60)
-        want = np.stack([data_lib.warp(s, t, 60, 28) for s, t in zip(src, theta)])
+        want = np.stack([data_lib.warp_into_canvas(s, t, 60, 28) for s, t in zip(src, theta)])
         np.testing.assert_allclose(sampled, want, atol=2e-5)
 
 
@@ -523,7 +524,6 @@ def test_smoke_tps_variant(variant, tmp_path):
 
 
 def test_spread_over_classes_takes_classes_in_turn():
-    from experiments.figures import spread_over_classes
     labels = np.array([0, 0, 0, 1, 1, 2])
-    assert spread_over_classes(labels, 5).tolist() == [0, 3, 5, 1, 4]
-    assert spread_over_classes(labels, 10).tolist() == [0, 3, 5, 1, 4, 2]
+    assert data_lib.spread_over_classes(labels, 5).tolist() == [0, 3, 5, 1, 4]
+    assert data_lib.spread_over_classes(labels, 10).tolist() == [0, 3, 5, 1, 4, 2]
