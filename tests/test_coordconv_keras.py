@@ -5,7 +5,6 @@ must give its numbers, build their kernel for the coordinate channels, keep
 every Keras convolution argument through their config, and survive saving,
 export, TFLite, mixed precision and XLA.
 """
-import doctest
 
 import keras
 import numpy as np
@@ -236,7 +235,3 @@ def test_bad_inputs_fail_when_the_model_is_built():
     with pytest.raises(ValueError, match="expected axis -1 of input shape to have value 2"):
         conv(np.zeros((1, 5, 5, 3), np.float32))   # Keras's input_spec: the input's channels
 
-
-def test_doctests():
-    result = doctest.testmod(coordconv_keras, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted >= 8 and result.failed == 0

@@ -189,12 +189,6 @@ def test_module_exports():
     assert set(coordconv_snt.__all__) == {"AddCoords", "CoordConv1D", "CoordConv2D", "CoordConv3D"}
 
 
-def test_docstring_examples_run():
-    import doctest
-    res = doctest.testmod(coordconv_snt, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert res.attempted >= 4 and res.failed == 0
-
-
 def test_saved_model_round_trip(tmp_path):
     mod = CoordConv2D(3, 3, with_r=True)
     mod(tf.zeros([1, 4, 4, 2]))

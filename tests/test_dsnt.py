@@ -8,7 +8,6 @@ comparison of the kernels (_dsnt_kernels.py) with the direct maths in 2-D
 and 3-D; tests/test_dsnt_volumes.py holds the other 3-D checks.
 """
 import contextlib
-import doctest
 import math
 
 import dsntnn
@@ -903,13 +902,3 @@ def test_property_delta_heatmap_gives_its_coordinate(size, k, data):
     np.testing.assert_allclose(np.reshape(coords.numpy(), [k, len(size)]), want, atol=1e-6)
     px = dsnt.normalized_to_pixel_coordinates(coords, size).numpy()
     np.testing.assert_allclose(np.reshape(px, [k, len(size)]), want_px, atol=1e-5)
-
-
-# --------------------------------------------------------------------------
-# the docstring examples
-# --------------------------------------------------------------------------
-
-def test_docstring_examples_run():
-    result = doctest.testmod(dsnt, extraglobs={"dsnt": dsnt},
-                             optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted >= 35 and result.failed == 0

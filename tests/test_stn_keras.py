@@ -7,7 +7,6 @@ Warp, IntegrateVelocity) must give its numbers (exactly where the same ops
 run), keep them through save/load, export and TFLite, and fail on bad
 arguments with the same messages, at construction where possible.
 """
-import doctest
 import json
 import os
 import subprocess
@@ -884,7 +883,3 @@ def test_other_keras_backends_are_refused_on_import():
         assert line.startswith(f"{name} needs Keras's TensorFlow backend")
         assert "KERAS_BACKEND='torch'" in line
 
-
-def test_doctests():
-    result = doctest.testmod(stn_keras, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted >= 8 and result.failed == 0
