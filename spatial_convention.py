@@ -11,8 +11,11 @@ Pixel coordinates put pixel ``i``'s centre at ``i``.
   CoordConv's channels use this one.
 
 In both, normalised 0 is pixel ``(n - 1) / 2`` and one normalised unit is
-``n / 2`` (``False``) or ``(n - 1) / 2`` (``True``) pixels: every formula
-below is ``pixel = normalised * half_extent + centre``.
+``n / 2`` (``False``) or ``(n - 1) / 2`` (``True``) pixels: mathematically,
+``pixel = normalised * half_extent + centre``. :func:`normalized_to_pixel`
+computes it in PyTorch's order of operations instead, so that a float32 grid
+rounds, and so reads the taps at the kinks, as PyTorch's ``grid_sample``
+(docs/stn.md, "Exactness at pixel positions").
 
 The first part is the convention for tensors (:func:`pixel_to_normalized`
 and its inverse, the pixel centres, a cell's corners). The second part
