@@ -1,4 +1,4 @@
-"""STN / CoordConv classification experiments (seeds 002-004).
+"""STN / CoordConv classification experiments on distorted digits.
 
 Run ``python -m experiments.stn_classify --help``; see experiments/RESULTS.md.
 """

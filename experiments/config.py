@@ -63,7 +63,7 @@ class Config:
     batch_size: int = 64               # global batch: split over all replicas of all workers
     lr: float = 1e-3                   # Adam
     coordconv_with_r: bool = False     # add the r channel in CoordConv layers
-    coordconv_classifier: bool = False # CoordConv in the classifier too (seed 004's reading)
+    coordconv_classifier: bool = False # CoordConv in the classifier too, not only the localiser
     # distribution (tf.distribute)
     strategy: str = "default"          # default | mirrored (one machine) | multiworker (TF_CONFIG)
     cpu_replicas: int = 1              # mirrored without GPUs: split the CPU into this many devices

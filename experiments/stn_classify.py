@@ -1,5 +1,5 @@
 """Train and compare a plain CNN and CNN + spatial transformer variants on
-distorted digits (seeds 002-004, issue 16): affine STN, STN with CoordConv in
+distorted digits: affine STN, STN with CoordConv in
 the localisation network, the affine diffeomorphic (expm), attention,
 projective and thin-plate-spline transforms, each with or without CoordConv.
 

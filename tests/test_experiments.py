@@ -104,15 +104,6 @@ def test_random_thetas_invert_the_stated_forward_map():
     np.testing.assert_allclose(back, u, atol=1e-10)
 
 
-def _stn_available():
-    try:
-        import stn  # noqa: F401
-        return hasattr(stn, "spatial_transformer_network")
-    except ImportError:
-        return False
-
-
-@pytest.mark.skipif(not _stn_available(), reason="stn.py not present yet")
 def test_warp_into_canvas_uses_the_stn_convention():
     """The generator's theta means what the STN's theta means: warping the
     same image by the same theta with scipy and with stn agrees."""
@@ -185,21 +176,7 @@ def test_load_mnist_npz_and_idx(tmp_path):
 
 # ---------------------------------------------------------------- models / metrics
 
-def _needs_family(name):
-    """Skips a TPS case until stn.py has the "tps" family (issue 16 part 1)."""
-    import stn
-    try:
-        stn.transform_family(name, 2)
-        present = True
-    except ValueError:
-        present = False
-    return pytest.mark.skipif(
-        not present,
-        reason=f"stn.py has no {name!r} transform family yet (issue 16 part 1, in progress)")
-
-
-_FAMILY_CASES = [pytest.param(stem, marks=_needs_family(fam[0]))
-                 for stem, fam in config_lib.FAMILIES.items()]
+_FAMILY_CASES = list(config_lib.FAMILIES)
 
 
 @pytest.mark.parametrize("stem", _FAMILY_CASES)
@@ -282,7 +259,6 @@ def _tb_scalars(run_dir, tag):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _stn_available(), reason="stn.py not present yet")
 def test_smoke_run_all_default_variants(tmp_path):
     argv = ["epochs=1", "train_limit=60", "test_limit=30", "train_copies=1", "test_copies=1",
             "batch_size=32", "image_size=24", "seeds=0", "log_every=1", f"out={tmp_path}",
@@ -322,7 +298,6 @@ def test_smoke_run_all_default_variants(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _stn_available(), reason="stn.py not present yet")
 def test_smoke_run_is_reproducible(tmp_path):
     argv = ["epochs=1", "train_limit=40", "test_limit=20", "train_copies=1", "test_copies=1",
             "batch_size=16", "image_size=20", "variants=stn_coordconv", "figures=false",
@@ -338,7 +313,6 @@ def test_smoke_run_is_reproducible(tmp_path):
     assert tf_config.is_op_determinism_enabled() == determinism_before
 
 
-@pytest.mark.skipif(not _stn_available(), reason="stn.py not present yet")
 def test_theta_stats_against_numpy():
     class Fixed:
         def theta(self, x):
@@ -505,8 +479,7 @@ def test_smoke_mnist5k_run_and_transform_figure(tmp_path):
 
 
 @pytest.mark.parametrize("variant", [
-    pytest.param("stn_tps", marks=_needs_family("tps")),
-    pytest.param("stn_tps_coordconv", marks=[_needs_family("tps"), pytest.mark.slow])])
+    "stn_tps", pytest.param("stn_tps_coordconv", marks=pytest.mark.slow)])
 def test_smoke_tps_variant(variant, tmp_path):
     argv = ["epochs=1", "train_limit=40", "test_limit=16", "train_copies=1", "test_copies=1",
             "batch_size=20", "image_size=24", f"variants={variant}", "figures=false",
