@@ -203,7 +203,7 @@ def main(argv=None):
 
 
 def confusion_png(path, variants, seed, png):
-    from experiments import plots
+    from experiments import training_figures
     with open(os.path.join(path, "results.json")) as f:
         runs = json.load(f)["runs"]
     cms, titles = [], []
@@ -213,7 +213,7 @@ def confusion_png(path, variants, seed, png):
             raise SystemExit(f"no run of {v!r} with seed {seed} in {path}")
         cms.append(r[0]["confusion"])
         titles.append(f"{v}, seed {seed}: {100 * r[0]['test_accuracy']:.1f}%")
-    plots.confusion_row_figure(cms, titles, png)
+    training_figures.confusion_row_figure(cms, titles, png)
 
 
 if __name__ == "__main__":

@@ -328,12 +328,12 @@ def _report(run, ds, grid_idx, t0):
     with open(os.path.join(run.run_dir, "results.json"), "w") as f:
         json.dump(result, f, indent=1)
     if cfg.figures and run.chief:
-        from experiments import plots
-        plots.confusion_figure(cm, os.path.join(run.run_dir, "confusion.png"),
+        from experiments import training_figures
+        training_figures.confusion_figure(cm, os.path.join(run.run_dir, "confusion.png"),
                                f"{run.label}: acc {100 * test_acc:.1f}%")
-        plots.curves_figure({run.label: [run.history]}, os.path.join(run.run_dir, "curves.png"))
+        training_figures.curves_figure({run.label: [run.history]}, os.path.join(run.run_dir, "curves.png"))
         if isinstance(model, models.STNClassifier):
-            plots.transform_grid_figure(grid_x, {run.variant: np.clip(warped, 0, 1)},
+            training_figures.transform_grid_figure(grid_x, {run.variant: np.clip(warped, 0, 1)},
                                         os.path.join(run.run_dir, "transforms.png"),
                                         labels=y_te[grid_idx])
     return result, warped
@@ -492,14 +492,14 @@ def _run(cfg, argv):
         with open(os.path.join(out, "summary.md"), "w") as f:
             f.write(f"`{doc['environment']['command']}`\n\n{table}\n")
     if cfg.figures and chief:
-        from experiments import plots
-        plots.curves_figure({v: [r["history"] for r in results if r["variant"] == v]
+        from experiments import training_figures
+        training_figures.curves_figure({v: [r["history"] for r in results if r["variant"] == v]
                              for v in cfg.variants},
                             os.path.join(out, "curves.png"),
                             "mean over seeds (band: min-max)" if len(cfg.seeds) > 1 else "")
         if warped_by_variant:
             grid_idx = data_lib.spread_over_classes(ds["y_test"], GRID_N)
-            plots.transform_grid_figure(ds["x_test"][grid_idx], warped_by_variant,
+            training_figures.transform_grid_figure(ds["x_test"][grid_idx], warped_by_variant,
                                         os.path.join(out, "transforms.png"),
                                         labels=ds["y_test"][grid_idx])
     _log(cfg, "\n" + table)

@@ -464,8 +464,8 @@ def test_smoke_mnist5k_run_and_transform_figure(tmp_path):
     doc = stn_classify.run(config_lib.config_from_args(argv), argv)
     assert doc["data"]["image_size"] == 42 and doc["data"]["distortion"] == "RTS"
     assert (tmp_path / "stn_projective" / "seed0" / "ckpt" / "checkpoint").exists()
-    from experiments import figures
-    distortion, x, y, outputs = figures.transformed(str(tmp_path), 4)
+    from experiments import draw_transforms
+    distortion, x, y, outputs = draw_transforms.transformed(str(tmp_path), 4)
     assert distortion == "RTS" and list(outputs) == ["stn_projective"]
     # the restored model reproduces the run's own outputs on those inputs
     model = models.build_model("stn_projective", config_lib.config_from_args(argv))
@@ -474,7 +474,7 @@ def test_smoke_mnist5k_run_and_transform_figure(tmp_path):
     tf.train.Checkpoint(model=model).restore(ckpt).expect_partial()
     np.testing.assert_allclose(outputs["stn_projective"],
                                np.clip(model.transform_images(tf.constant(x)).numpy(), 0, 1))
-    figures.figure([(distortion, x, y, outputs)], str(tmp_path / "f.png"))
+    draw_transforms.figure([(distortion, x, y, outputs)], str(tmp_path / "f.png"))
     assert (tmp_path / "f.png").stat().st_size > 1000
 
 

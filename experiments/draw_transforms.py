@@ -1,6 +1,6 @@
 """What each transform family makes of the same distorted inputs.
 
-    python -m experiments.figures --out experiments/figures/mnist5k_transforms.png \
+    python -m experiments.draw_transforms --out experiments/figures/mnist5k_transforms.png \
         experiments/runs/mnist5k_R/seed0 experiments/runs/mnist5k_RTS/seed0 ...
 
 For each output directory of `experiments.stn_classify` (one distortion
