@@ -129,6 +129,7 @@ def _scaled_minus_one(s: tf.Tensor, size: SizeLike, fused: bool) -> tf.Tensor:
     # (`a * b + a * c -> a * (b + c)`, an inexact product), collapses chains
     # of additions into one AddN and pushes the constant 1 into a sum.
     small = tf.abs(s) < 2.0 ** 100
+    plain = s * n
 
     def guarded(value, otherwise):
         return tf.where(small, value, otherwise)
@@ -141,8 +142,8 @@ def _scaled_minus_one(s: tf.Tensor, size: SizeLike, fused: bool) -> tf.Tensor:
         # may round once more, by an ulp: inside the image that moves no tap
         # (no pixel position lies in (-1/2, -1/4)); beyond the left edge it
         # could, at a kink that reflection padding folds back.
-        return (guarded(hi, s * n) - 1.0) + lo
-    return guarded(hi + lo, s * n) - 1.0          # the product rounded
+        return (guarded(hi, plain) - 1.0) + lo
+    return guarded(hi + lo, plain) - 1.0          # the product rounded
 
 
 def _split(v: tf.Tensor, unit: float) -> Tuple[tf.Tensor, tf.Tensor]:

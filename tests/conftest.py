@@ -42,6 +42,20 @@ def jit(request):
     spatial_convention.set_jit(previous)
 
 
+@pytest.fixture
+def path():
+    """Sets XLA and the kernels on or off for one test, restoring both afterwards."""
+    import spatial_convention
+    previous = spatial_convention.jit_enabled(), spatial_convention.kernels_enabled()
+
+    def use(jit, kernels):
+        spatial_convention.set_jit(jit)
+        spatial_convention.use_kernels(kernels)
+
+    yield use
+    use(*previous)
+
+
 # Long cases kept out of the default run (pyproject: -m "not slow"; run them
 # with `./run.sh test -m slow`). Each has a fast twin that stays in: the same
 # check under XLA (second order), at the other sizes (identity), or the same

@@ -110,15 +110,11 @@ needs_cuda = pytest.mark.skipif(not tf.test.is_built_with_cuda(),
 
 
 @pytest.fixture
-def plain(request):
+def plain(request, path):
     """Plain TF ops (no XLA), with the hand-written kernels on or off as the test asks."""
     kernels_on = getattr(request, "param", True)
-    jit, kern = spatial_convention.jit_enabled(), spatial_convention.kernels_enabled()
-    spatial_convention.set_jit(False)
-    spatial_convention.use_kernels(kernels_on)
-    yield kernels_on
-    spatial_convention.set_jit(jit)
-    spatial_convention.use_kernels(kern)
+    path(False, kernels_on)
+    return kernels_on
 
 
 def _rng(seed=0):
@@ -274,26 +270,20 @@ def _sample_and_grads(img, grid, **options):
 
 @pytest.mark.parametrize("kernels_on", [True, False], ids=["kernels", "direct"])
 @pytest.mark.parametrize("ndim", [2, 3])
-def test_extreme_coordinates_index_inside_the_image(kernels_on, ndim):
-    jit, kern = spatial_convention.jit_enabled(), spatial_convention.kernels_enabled()
-    try:
-        spatial_convention.use_kernels(kernels_on)
-        img = tf.constant(_rng().uniform(0.5, 1.5, (1,) + (3, 4, 5)[3 - ndim:] + (2,)), tf.float32)
-        grid = tf.constant(_extreme_grid(ndim))
-        for interpolation, padding_mode in itertools.product(stn.INTERPOLATIONS, stn.PADDING_MODES):
-            if ndim == 3 and interpolation == "bicubic":
-                continue
-            options = dict(interpolation=interpolation, padding_mode=padding_mode)
-            spatial_convention.set_jit(False)
-            plain = [t.numpy() for t in _sample_and_grads(img, grid, **options)]   # raises if out of range
-            spatial_convention.set_jit(True)
-            xla = [t.numpy() for t in _sample_and_grads(img, grid, **options)]
-            for name, a, b in zip(["value", "image gradient", "grid gradient"], plain, xla):
-                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, equal_nan=True,
-                                           err_msg=f"{name}, {options}")
-    finally:
-        spatial_convention.set_jit(jit)
-        spatial_convention.use_kernels(kern)
+def test_extreme_coordinates_index_inside_the_image(path, kernels_on, ndim):
+    img = tf.constant(_rng().uniform(0.5, 1.5, (1,) + (3, 4, 5)[3 - ndim:] + (2,)), tf.float32)
+    grid = tf.constant(_extreme_grid(ndim))
+    for interpolation, padding_mode in itertools.product(stn.INTERPOLATIONS, stn.PADDING_MODES):
+        if ndim == 3 and interpolation == "bicubic":
+            continue
+        options = dict(interpolation=interpolation, padding_mode=padding_mode)
+        path(False, kernels_on)
+        plain = [t.numpy() for t in _sample_and_grads(img, grid, **options)]   # raises if out of range
+        path(True, kernels_on)
+        xla = [t.numpy() for t in _sample_and_grads(img, grid, **options)]
+        for name, a, b in zip(["value", "image gradient", "grid gradient"], plain, xla):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, equal_nan=True,
+                                       err_msg=f"{name}, {options}")
 
 
 def test_a_cpu_gather_raises_on_an_out_of_range_index():

@@ -88,19 +88,6 @@ def _cases():
                f"{'ac' if align_corners else 'noac'}-{padding_mode}")
 
 
-@pytest.fixture
-def path():
-    """Sets XLA and the kernels on or off for one test, restoring both afterwards."""
-    previous = spatial_convention.jit_enabled(), spatial_convention.kernels_enabled()
-
-    def use(jit, kernels):
-        spatial_convention.set_jit(jit)
-        spatial_convention.use_kernels(kernels)
-
-    yield use
-    use(*previous)
-
-
 @pytest.mark.parametrize("jit, kernels, ndim, align_corners, padding_mode", list(_cases()))
 def test_same_taps_as_pytorch(path, jit, kernels, ndim, align_corners, padding_mode):
     path(jit, kernels)
