@@ -137,6 +137,18 @@ def _nhwc(array):
     return np.moveaxis(array, 1, -1)
 
 
+def _torch_inputs(env, skipped, image, cotangent, parameters):
+    """``(F, image, cotangent, parameters)``: ``torch.nn.functional``, the image
+    and cotangent as channels-first torch tensors and the transform's
+    parameters as they are, image and parameters with gradients; None, the
+    reason added to ``skipped``, where torch is not installed."""
+    if env.torch is None:
+        skipped.append(("torch", env.torch_missing))
+        return None
+    return (env.torch.nn.functional, env.torch_tensor(_nchw(image), grad=True),
+            env.torch_tensor(_nchw(cotangent)), env.torch_tensor(parameters, grad=True))
+
+
 # ---------------------------------------------------------------------------
 # The groups
 # ---------------------------------------------------------------------------
@@ -275,18 +287,15 @@ def volume_impls(shape, rng, env, args):
     ours, ours_out = env.tf_step(env.tf_cotangent_loss(stn.spatial_transformer_network),
                                  tf_args, [0, 1])
     two, two_out = env.tf_step(env.tf_cotangent_loss(two_calls), tf_args, [0, 1])
-    impls.append(Impl("ours", "tf", ours,
-                      note="stn.spatial_transformer_network on 5-D, [B, 3, 4] theta, tf.function"))
-    impls.append(Impl("ours affine_grid+grid_sample", "tf", two,
-                      note="stn.affine_grid + stn.grid_sample (grid materialised), tf.function"))
+    impls += [Impl("ours", "tf", ours,
+                   note="stn.spatial_transformer_network on 5-D, [B, 3, 4] theta, tf.function"),
+              Impl("ours affine_grid+grid_sample", "tf", two,
+                   note="stn.affine_grid + stn.grid_sample (grid materialised), tf.function")]
 
-    torch = env.torch
-    if torch is None:
-        skipped.append(("torch", env.torch_missing))
+    torch_inputs = _torch_inputs(env, skipped, vol, cot, theta)
+    if torch_inputs is None:
         return impls, skipped
-    F = torch.nn.functional
-    x_t, g_t = env.torch_tensor(_nchw(vol), grad=True), env.torch_tensor(_nchw(cot))
-    t_t = env.torch_tensor(theta, grad=True)
+    F, x_t, g_t, t_t = torch_inputs
 
     def forward():
         grid = F.affine_grid(t_t, (b, c, d, h, w), align_corners=False)
@@ -334,13 +343,10 @@ def warp_impls(shape, rng, env, args):
     impls.append(Impl("ours", "tf", ours,
                       note="stn.warp (pixels, border, align_corners=False) in tf.function"))
 
-    torch = env.torch
-    if torch is None:
-        skipped.append(("torch", env.torch_missing))
+    torch_inputs = _torch_inputs(env, skipped, img, cot, disp)
+    if torch_inputs is None:
         return impls, skipped
-    F = torch.nn.functional
-    x_t, g_t = env.torch_tensor(_nchw(img), grad=True), env.torch_tensor(_nchw(cot))
-    u_t = env.torch_tensor(disp, grad=True)
+    F, x_t, g_t, u_t = torch_inputs
     ident = env.torch_tensor(identity_grid((h, w)))
     to_norm = env.torch_tensor(np.array([2.0 / w, 2.0 / h], np.float32))
 
