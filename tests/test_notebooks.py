@@ -39,6 +39,7 @@ def test_notebook_committed_executed(path):
         f"{name} is not committed executed in order (run ./run.sh demos)"
     outputs = [o for c in code for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"], f"{name} has an error output"
-    assert any("image/png" in o.get("data", {}) for o in outputs), f"{name} has no figures"
+    figures = ("image/png", "image/jpeg")   # Sanity Check's photographs are JPEG
+    assert any(f in o.get("data", {}) for o in outputs for f in figures), f"{name} has no figures"
     assert not any("SPATIAL_DEMO_QUICK=1" in o.get("text", "") for o in outputs), \
         f"{name} was committed from a quick-mode run (run ./run.sh demos)"
