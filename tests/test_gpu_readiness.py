@@ -292,3 +292,106 @@ def test_a_cpu_gather_raises_on_an_out_of_range_index():
         tf.gather(tf.zeros([3]), [3])
     with pytest.raises(tf.errors.InvalidArgumentError):
         tf.gather_nd(tf.zeros([2, 3]), [[0, -1]])
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_empty_batches_sample_nothing_alike_with_and_without_xla(path, ndim):
+    """A batch of 0 images (or 0 output points): right shapes, no error, XLA and plain alike."""
+    spatial = (3, 4, 5)[3 - ndim:]
+    for img_shape, grid_shape in (((0,) + spatial + (2,), (0,) + spatial + (ndim,)),
+                                  ((1,) + spatial + (2,), (1, 0) + (1,) * (ndim - 1) + (ndim,))):
+        img = tf.ones(img_shape)
+        grid = tf.zeros(grid_shape)
+        results = []
+        for jit in (False, True):
+            path(jit, True)
+            out, d_img, d_grid = _sample_and_grads(img, grid)
+            assert out.shape == grid_shape[:-1] + (2,), (jit, out.shape)
+            assert d_img.shape == img_shape and d_grid.shape == grid_shape, jit
+            results.append([t.numpy() for t in (out, d_img, d_grid)])
+        for a, b in zip(*results):
+            np.testing.assert_array_equal(a, b)
+
+
+# --- every dtype lowers under XLA --------------------------------------------------------------
+
+def _lowers(fn, *args):
+    """The HLO of ``fn`` and of its gradient, compiled with XLA (raises where a dtype does not lower)."""
+    def step(*xs):
+        with tf.GradientTape() as tape:
+            tape.watch(xs)
+            out = fn(*xs)
+        return out, tape.gradient(tf.reduce_sum(tf.cast(out, tf.float32)), xs,
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return tf.function(step, jit_compile=True).experimental_get_compiler_ir(*args)(stage="hlo")
+
+
+LOWERED = {
+    "grid_sample": (lambda x, g: stn.grid_sample(x, g), lambda d: [tf.ones([1, 5, 6, 2], d),
+                                                                   tf.zeros([1, 3, 4, 2], d)]),
+    "grid_sample_3d": (lambda x, g: stn.grid_sample(x, g),
+                       lambda d: [tf.ones([1, 3, 5, 6, 2], d), tf.zeros([1, 2, 3, 4, 3], d)]),
+    "spatial_transformer_network": (lambda x, t: stn.spatial_transformer_network(x, t),
+                                    lambda d: [tf.ones([1, 5, 6, 2], d), tf.eye(2, 3, [1], d)]),
+    "warp": (lambda x, u: stn.warp(x, u), lambda d: [tf.ones([1, 5, 6, 2], d),
+                                                     tf.zeros([1, 5, 6, 2], d)]),
+    "dsnt": (lambda h: dsnt.dsnt(h)[1], lambda d: [tf.zeros([1, 5, 6, 2], d)]),
+    "coord_channels": (lambda x: coordconv.add_coords(x), lambda d: [tf.zeros([1, 5, 6, 2], d)]),
+}
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=lambda d: d.name)
+@pytest.mark.parametrize("name", sorted(LOWERED))
+def test_every_float_dtype_lowers_under_xla(name, dtype):
+    fn, make = LOWERED[name]
+    hlo = _lowers(fn, *make(dtype))
+    hlo_type = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64"}[dtype.name]
+    assert f"{hlo_type}[" in hlo, f"{name}: no {dtype.name} value in its HLO"
+
+
+# --- determinism -------------------------------------------------------------------------------
+
+_DETERMINISM_SCRIPT = r"""
+import numpy as np, tensorflow as tf
+tf.config.experimental.enable_op_determinism()
+import dsnt, stn
+rng = np.random.default_rng(0)
+def grads(fn, *xs):
+    xs = [tf.constant(x) for x in xs]
+    with tf.GradientTape() as tape:
+        tape.watch(xs)
+        loss = tf.reduce_sum(fn(*xs) * 1.37)
+    return [g.numpy() for g in tape.gradient(loss, xs, unconnected_gradients="zero")]
+cases = []
+for interpolation in ("bilinear", "nearest", "bicubic"):
+    cases.append((lambda x, g, i=interpolation: stn.grid_sample(x, g, interpolation=i),
+                  rng.normal(size=(2, 9, 11, 3)), rng.uniform(-1.2, 1.2, (2, 7, 8, 2))))
+cases.append((lambda x, g: stn.grid_sample(x, g), rng.normal(size=(2, 5, 6, 7, 2)),
+              rng.uniform(-1.2, 1.2, (2, 4, 5, 6, 3))))
+cases.append((stn.spatial_transformer_network, rng.normal(size=(2, 9, 11, 3)),
+              np.tile(np.array([[[0.9, 0.3, 0.1], [-0.2, 1.1, 0.0]]]), (2, 1, 1))))
+cases.append((stn.warp, rng.normal(size=(2, 9, 11, 3)), rng.normal(size=(2, 9, 11, 2))))
+cases.append((lambda h: dsnt.dsnt(h)[1], rng.normal(size=(2, 9, 11, 3))))
+for fn, *xs in cases:
+    xs = [x.astype(np.float32) for x in xs]
+    first, second = grads(fn, *xs), grads(fn, *xs)
+    for a, b in zip(first, second):
+        assert a.tobytes() == b.tobytes()
+        assert np.isfinite(a).all()
+print("repeatable", len(cases))
+"""
+
+
+def test_gradients_are_bitwise_repeatable_under_op_determinism():
+    """``enable_op_determinism`` is process-wide, so this runs in a fresh interpreter: no op
+    raises under it, and two calls give the same gradient bits (on CPU; docs/gpu.md)."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               TF_CPP_MIN_LOG_LEVEL="3")
+    run = subprocess.run([sys.executable, "-c", _DETERMINISM_SCRIPT], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "repeatable 7" in run.stdout
