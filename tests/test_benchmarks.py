@@ -212,3 +212,32 @@ def test_cold_start_reports_each_implementation_from_a_fresh_process():
         assert float(peak) >= float(before) > 0
         assert float(step) == pytest.approx(float(peak) - float(before), abs=1)
     assert all(float(r[4]) > 0 for r in rows if r[1].strip() == "ours")
+
+
+bench_tfa = _load("bench_tfa_module", os.path.join(ROOT, "benchmarks", "bench_tfa.py"))
+
+
+def test_tfa_warp_reads_the_grid_pixels():
+    """TFA's warp: pixel units, x first, centre of pixel i at i, from our normalised grid."""
+    shape = (1, 4, 6, 1)
+    centres = np.stack(np.meshgrid((2 * np.arange(6) + 1) / 6 - 1, (2 * np.arange(4) + 1) / 4 - 1),
+                       -1)[None]                                  # [1, 4, 6, 2] (x, y)
+    warp = bench_tfa.pixel_warp(centres, shape)
+    np.testing.assert_allclose(warp[..., 0], np.broadcast_to(np.arange(6), (1, 4, 6)), atol=1e-12)
+    np.testing.assert_allclose(warp[..., 1], np.broadcast_to(np.arange(4)[:, None], (1, 4, 6)),
+                               atol=1e-12)
+    np.testing.assert_allclose(bench_tfa.pixel_warp(np.full((1, 1, 1, 2), -1.0), shape),
+                               [[[[-0.5, -0.5]]]])                # the image's edge
+
+
+def test_tfa_group_skips_cleanly_without_tfa():
+    assert "does not exist" in bench_tfa.tfa_missing("/nonexistent/python")
+    assert "does not import" in bench_tfa.tfa_missing(sys.executable)
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_tfa.py"),
+                           "--tiny", "--runs", "1", "--repeats", "2"],
+                          capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, TFA_PYTHON="", TF_CPP_MIN_LOG_LEVEL="3"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "TFA skipped: no TFA interpreter" in done.stdout
+    row = [line.split() for line in done.stdout.splitlines() if line.strip().startswith("2,9,11,3")]
+    assert len(row) == 1 and float(row[0][1]) > 0, done.stdout
