@@ -27,10 +27,11 @@ positions, loss and gradients returned. Ours takes the normalised grid
 pixel units, x first, pixel centres at integers:
 ``((g + 1) * size - 1) / 2``, computed before the step. Each process first
 checks that its forward output equals torch's (atol 1e-4), so both time the
-same work. Timing as in ``bench_harness.measure_case``: warm-up calls, then
-``--repeats`` interleaved rounds (order rotated), each timed call right
-after one untimed call of the same step; ratio = median over rounds of
-(time / torch's time in the same round).
+same work. Both processes use ``bench_harness``'s step runners and its
+timing (``time_case``: warm-up calls, then ``--repeats`` interleaved rounds,
+order rotated, each timed call right after one untimed call of the same
+step); ratio = median over rounds of (time / torch's time in the same
+round).
 """
 
 import argparse
@@ -39,123 +40,88 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 SHAPES = [(16, 256, 256, 3), (32, 128, 128, 16), (64, 60, 60, 1)]
 TINY = [(2, 9, 11, 3)]
 TARGET = 0.9   # ours / TFA, fwd + bwd, at most
 
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+for _path in (os.path.dirname(HERE), HERE):   # our modules and the harness, in either process
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+
 def inputs(shape, seed=0):
     """Images, cotangent and the normalised sampling grid [B, H, W, 2] (x, y) of one case."""
     import numpy as np
+    from bench_stn import identity_grid
     b, h, w, _ = shape
     rng = np.random.default_rng(seed)
     img = rng.standard_normal(shape).astype(np.float32)
     cot = rng.standard_normal(shape).astype(np.float32)
     angle, scale = rng.uniform(-0.5, 0.5, b), rng.uniform(0.8, 1.2, b)
-    ys, xs = np.meshgrid((2 * np.arange(h) + 1) / h - 1, (2 * np.arange(w) + 1) / w - 1,
-                         indexing="ij")
-    cos, sin = (scale * np.cos(angle))[:, None, None], (scale * np.sin(angle))[:, None, None]
-    grid = np.stack([cos * xs - sin * ys, sin * xs + cos * ys], -1).astype(np.float32)
-    return img, cot, grid
+    cos, sin = scale * np.cos(angle), scale * np.sin(angle)
+    rotations = np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], 1)  # [B, 2, 2]
+    grid = np.einsum("bij,bhwj->bhwi", rotations, identity_grid((h, w)))
+    return img, cot, grid.astype(np.float32)
 
 
 def pixel_warp(grid, shape):
-    """The grid as TFA's warp: pixel units, x first, centres at integers (align_corners=False)."""
+    """The grid as TFA's warp: pixel units, x first, centres at integers (align_corners=False).
+
+    The convention's own unnormalisation (``spatial_convention.normalized_to_pixel``),
+    so TFA reads the positions our sampler reads.
+    """
     import numpy as np
-    h, w = shape[1], shape[2]
-    return np.stack([((grid[..., 0] + 1) * w - 1) / 2, ((grid[..., 1] + 1) * h - 1) / 2], -1)
-
-
-def torch_step(img, cot, grid, threads):
-    import numpy as np
-    import torch
-    torch.set_num_threads(threads)
-    x = torch.tensor(np.ascontiguousarray(np.moveaxis(img, -1, 1)), requires_grad=True)
-    g = torch.tensor(grid, requires_grad=True)
-    c = torch.tensor(np.ascontiguousarray(np.moveaxis(cot, -1, 1)))
-
-    def step():
-        x.grad = g.grad = None
-        out = torch.nn.functional.grid_sample(x, g, mode="bilinear", padding_mode="zeros",
-                                              align_corners=False)
-        loss = (out * c).sum()
-        loss.backward()
-        return loss.item(), np.moveaxis(out.detach().numpy(), 1, -1)
-
-    return step
-
-
-def tf_step(sample, img, cot, positions):
     import tensorflow as tf
-    x, p, c = tf.constant(img), tf.constant(positions), tf.constant(cot)
 
-    @tf.function
-    def step(x, p):
-        with tf.GradientTape() as tape:
-            tape.watch([x, p])
-            out = sample(x, p)
-            loss = tf.reduce_sum(out * c)
-        return loss, out, tape.gradient(loss, [x, p])
-
-    def run():
-        loss, out, grads = step(x, p)
-        return loss.numpy(), out
-
-    return run
-
-
-def time_against_torch(ours, reference, repeats):
-    """Median over interleaved rounds of ours' time / the reference's (bench_harness's method)."""
-    steps = [ours, reference]
-    for s in steps:
-        s(), s()
-    times = [[], []]
-    for r in range(repeats):
-        for k in ([0, 1] if r % 2 == 0 else [1, 0]):
-            steps[k]()                       # rewarm: the first call after the other framework's
-            start = time.perf_counter()
-            steps[k]()
-            times[k].append(time.perf_counter() - start)
-    return statistics.median(a / b for a, b in zip(*times))
+    import spatial_convention
+    sizes = (shape[2], shape[1])   # (x, y): width, height
+    return np.stack([spatial_convention.normalized_to_pixel(tf.constant(grid[..., a]), n,
+                                                            fused=True).numpy()
+                     for a, n in enumerate(sizes)], -1)
 
 
 def worker(shapes, repeats, threads):
-    """Times this process's sampler (TFA's where it imports, else ours) against torch."""
+    """Times this process's sampler (TFA's where it imports, else ours) against torch.
+
+    The harness's step runners, check and interleaved timing (``bench_harness``), as in
+    ``bench.py``'s groups.
+    """
     import numpy as np
+    from bench_harness import Impl, check_same, paired_ratio, setup_env, time_case
+    from bench_stn import _nchw, _nhwc
+    env = setup_env(threads, device="cpu")
     try:
         import tensorflow_addons as tfa
-        name = "tfa"
-
-        def sample(x, p):
-            return tfa.image.resampler(x, p)
+        name, sample = "tfa", tfa.image.resampler
     except ImportError:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        sys.path.insert(0, root)
-        import stn
-        name = "ours"
-
-        def sample(x, g):
-            return stn.grid_sample(x, g)
+        name, sample = "ours", env.stn.grid_sample
+    F = env.torch.nn.functional
     results = {}
     for shape in shapes:
         img, cot, grid = inputs(shape)
         positions = pixel_warp(grid, shape) if name == "tfa" else grid
-        mine, reference = tf_step(sample, img, cot, positions), torch_step(img, cot, grid, threads)
-        difference = np.abs(mine()[1].numpy() - reference()[1]).max()
-        assert difference <= 1e-4, f"{name} {shape}: forward differs from torch's by {difference}"
-        results[",".join(map(str, shape))] = time_against_torch(
-            lambda: mine()[0], lambda: reference()[0], repeats)
-    import tensorflow as tf
-    print(json.dumps({"impl": name, "tf": tf.__version__, "ratios": results}))
+        mine, out = env.tf_step(env.tf_cotangent_loss(sample), [env.tf_tensor(a) for a in
+                                                               (img, positions, cot)], [0, 1])
+        x_t, g_t = env.torch_tensor(_nchw(img), grad=True), env.torch_tensor(grid, grad=True)
+        c_t = env.torch_tensor(_nchw(cot))
+        reference, ref = env.torch_step(env.torch_cotangent_loss(
+            lambda: F.grid_sample(x_t, g_t, mode="bilinear", padding_mode="zeros",
+                                  align_corners=False), c_t), [x_t, g_t])
+        check_same(f"{name} {shape} vs torch", out, _nhwc(ref))
+        times = time_case([Impl(name, "tf", mine), Impl("torch", "torch", reference)],
+                          repeats, warmup=2, rewarm=1)
+        results[",".join(map(str, shape))] = paired_ratio(times[name], times["torch"])
+    print(json.dumps({"impl": name, "tf": env.tf.__version__, "ratios": results}))
 
 
 def run_worker(python, args):
     cmd = [python, os.path.abspath(__file__), "--worker", "--repeats", str(args.repeats),
            "--threads", str(args.threads)] + (["--tiny"] if args.tiny else [])
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    env.pop("PYTHONPATH", None)   # the TFA interpreter must not see this checkout's TF 2.21 modules
+    env.pop("PYTHONPATH", None)   # only the TFA interpreter's own packages, and this checkout
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"{python}: worker failed:\n{done.stderr[-2000:]}")
@@ -198,7 +164,7 @@ def main(argv=None):
             runs[result["impl"]].append(result["ratios"])
     print(f"fwd+bwd / torch's grid_sample, median of {args.repeats} rounds per process; "
           f"load average {os.getloadavg()[0]:.2f}")
-    print(f"{'B,H,W,C':>16}  {'ours/torch':>24}  {'TFA/torch':>24}  {'ours/TFA (target <= 0.9)':>26}")
+    print(f"{'B,H,W,C':>16}  {'ours/torch':>24}  {'TFA/torch':>24}  {f'ours/TFA (target <= {TARGET})':>26}")
     for key in runs["ours"][0]:
         ours = [r[key] for r in runs["ours"]]
         tfa = [r[key] for r in runs["tfa"]]
