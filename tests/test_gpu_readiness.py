@@ -15,6 +15,9 @@ can check:
 Determinism is not checkable here: docs/gpu.md says what a GPU run must show.
 """
 import itertools
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -385,9 +388,6 @@ print("repeatable", len(cases))
 def test_gradients_are_bitwise_repeatable_under_op_determinism():
     """``enable_op_determinism`` is process-wide, so this runs in a fresh interpreter: no op
     raises under it, and two calls give the same gradient bits (on CPU; docs/gpu.md)."""
-    import os
-    import subprocess
-    import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
                TF_CPP_MIN_LOG_LEVEL="3")
